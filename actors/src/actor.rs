@@ -1,0 +1,302 @@
+//! The account actor: owns one account's [`AccountState`] and serializes every change
+//! to it. It runs on one of the engine's arbiters (chosen by account id) and is reached
+//! only through the [`Registry`](crate::registry::Registry), which guarantees at most one
+//! live actor per account.
+//!
+//! Life cycle: started by the registry on first use, it loads its state from the store
+//! before handling any message (`ctx.wait` holds the mailbox). A missing account or a
+//! failed load answers the queued messages and stops. Once idle for the passivation
+//! time *and* with its latest version durable, it stops; the next message activates a
+//! fresh actor that loads exactly that state.
+//!
+//! Every handler is synchronous: it calls the pure balance logic with the time the
+//! coordinator passed in and replies. Durability is the coordinator's and persister's
+//! business; the actor never awaits I/O after its load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+
+use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal, StatusChangeRefusal};
+use crate::money::{AccountId, Amount};
+use crate::shared::Shared;
+
+/// Why an actor could not apply a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StepError {
+    /// The balance logic refused the change.
+    Refused(Refusal),
+    /// The account does not exist in the store.
+    NotFound,
+    /// The account could not be loaded (the store is unreachable).
+    Unavailable,
+}
+
+/// The state an actor can be in.
+#[derive(Debug)]
+enum Life {
+    Ready(AccountState),
+    Missing,
+    LoadFailed,
+}
+
+#[derive(Debug)]
+pub(crate) struct AccountActor {
+    id: AccountId,
+    generation: u64,
+    /// `None` only until the load finishes; no message is handled before that.
+    life: Option<Life>,
+    /// Messages sent and not yet handled; shared with the registry entry, which
+    /// refuses new messages when it reaches the mailbox capacity.
+    depth: Arc<AtomicUsize>,
+    last_active: DateTime<Utc>,
+    shared: Arc<Shared>,
+}
+
+impl AccountActor {
+    pub(crate) fn new(
+        id: AccountId,
+        generation: u64,
+        depth: Arc<AtomicUsize>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let last_active = shared.clock.now();
+        AccountActor {
+            id,
+            generation,
+            life: None,
+            depth,
+            last_active,
+            shared,
+        }
+    }
+
+    /// Book-keeping common to every handled message; returns when handling began.
+    fn received(&mut self) -> Instant {
+        self.depth.fetch_sub(1, Ordering::AcqRel);
+        self.last_active = self.shared.clock.now();
+        Instant::now()
+    }
+
+    fn handled(&self, message: &str, began: Instant) {
+        self.shared
+            .metrics
+            .actor_message_duration
+            .with_label_values(&[message])
+            .observe(began.elapsed().as_secs_f64());
+    }
+
+    fn state(&mut self) -> Result<&mut AccountState, StepError> {
+        match self.life.as_mut() {
+            Some(Life::Ready(state)) => Ok(state),
+            Some(Life::Missing) => Err(StepError::NotFound),
+            Some(Life::LoadFailed) | None => Err(StepError::Unavailable),
+        }
+    }
+
+    /// Passivate when idle long enough, with nothing queued and everything durable.
+    fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
+        let Some(Life::Ready(state)) = &self.life else {
+            return;
+        };
+        let idle = self.shared.clock.now() - self.last_active;
+        if idle.to_std().unwrap_or_default() < self.shared.config.passivation_idle
+            || self.depth.load(Ordering::Acquire) > 0
+        {
+            return;
+        }
+        let version = state.version;
+        // Removing the durable entry first and the registry entry second matters: a new
+        // actor can only be created after the registry entry is gone, and it inserts its
+        // own durable entry, which must not be removed by this one.
+        let removed = self
+            .shared
+            .durable
+            .remove_if(&self.id, |_, durable| *durable >= version);
+        if removed.is_none() {
+            return;
+        }
+        self.shared.registry.forget(self.id, self.generation);
+        self.shared.metrics.actor_passivations.inc();
+        tracing::debug!(account = %self.id, version, "passivating an idle account actor");
+        ctx.stop();
+    }
+}
+
+impl Actor for AccountActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.shared.metrics.actors_active.inc();
+        let store = self.shared.store.clone();
+        let id = self.id;
+        let load = async move { store.load_account(id).await };
+        ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| {
+            match loaded {
+                Ok(Some(state)) => {
+                    actor.shared.durable.insert(actor.id, state.version);
+                    actor.shared.metrics.actor_activations.inc();
+                    actor.life = Some(Life::Ready(state));
+                    ctx.run_interval(actor.shared.config.passivation_check_interval, |actor, ctx| {
+                        actor.passivate_if_idle(ctx)
+                    });
+                }
+                Ok(None) => {
+                    actor.life = Some(Life::Missing);
+                    actor.retire(ctx);
+                }
+                Err(error) => {
+                    tracing::warn!(account = %actor.id, error = format!("{error:#}"), "cannot load an account");
+                    actor.life = Some(Life::LoadFailed);
+                    actor.retire(ctx);
+                }
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.shared.metrics.actors_active.dec();
+        // Messages still queued are dropped with the mailbox; their senders see the
+        // mailbox closed and retry on a new actor.
+        self.shared.registry.forget(self.id, self.generation);
+    }
+}
+
+impl AccountActor {
+    /// An actor that could not load leaves the registry at once (so the next caller
+    /// tries a fresh load), answers what is already queued, and stops shortly after.
+    fn retire(&mut self, ctx: &mut Context<Self>) {
+        self.shared.registry.forget(self.id, self.generation);
+        ctx.run_later(RETIRE_AFTER, |_, ctx| ctx.stop());
+    }
+}
+
+/// How long an actor that failed to load keeps answering messages already sent to it
+/// before it stops: long enough to drain its mailbox, short enough to hold no memory.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Take `amount` out of the account (the first step of a transfer).
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "Result<AccountEffect, StepError>")]
+pub(crate) struct Debit {
+    pub amount: Amount,
+    pub at: DateTime<Utc>,
+}
+
+impl Handler<Debit> for AccountActor {
+    type Result = Result<AccountEffect, StepError>;
+
+    fn handle(&mut self, message: Debit, _ctx: &mut Self::Context) -> Self::Result {
+        let began = self.received();
+        let result = self.state().and_then(|state| {
+            state
+                .debit(message.amount, message.at)
+                .map_err(StepError::Refused)
+        });
+        self.handled("debit", began);
+        result
+    }
+}
+
+/// Put `amount` into the account (the second step of a transfer).
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "Result<AccountEffect, StepError>")]
+pub(crate) struct Credit {
+    pub amount: Amount,
+    pub at: DateTime<Utc>,
+}
+
+impl Handler<Credit> for AccountActor {
+    type Result = Result<AccountEffect, StepError>;
+
+    fn handle(&mut self, message: Credit, _ctx: &mut Self::Context) -> Self::Result {
+        let began = self.received();
+        let result = self.state().and_then(|state| {
+            state
+                .credit(message.amount, message.at)
+                .map_err(StepError::Refused)
+        });
+        self.handled("credit", began);
+        result
+    }
+}
+
+/// Give back a debit whose credit was refused. Sent only to an actor that applied the
+/// debit and cannot have passivated since (its version is not durable yet).
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "Result<AccountEffect, StepError>")]
+pub(crate) struct Refund {
+    pub amount: Amount,
+    pub at: DateTime<Utc>,
+}
+
+impl Handler<Refund> for AccountActor {
+    type Result = Result<AccountEffect, StepError>;
+
+    fn handle(&mut self, message: Refund, _ctx: &mut Self::Context) -> Self::Result {
+        let began = self.received();
+        let result = self
+            .state()
+            .map(|state| state.refund(message.amount, message.at));
+        self.handled("refund", began);
+        result
+    }
+}
+
+/// Change the account's status; replies with the status before and the effect.
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "Result<Result<(AccountStatus, AccountEffect), StatusChangeRefusal>, StepError>")]
+pub(crate) struct SetStatus {
+    pub status: AccountStatus,
+    pub at: DateTime<Utc>,
+}
+
+impl Handler<SetStatus> for AccountActor {
+    type Result = Result<Result<(AccountStatus, AccountEffect), StatusChangeRefusal>, StepError>;
+
+    fn handle(&mut self, message: SetStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let began = self.received();
+        let result = self.state().map(|state| {
+            let before = state.status;
+            state
+                .set_status(message.status, message.at)
+                .map(|effect| (before, effect))
+        });
+        self.handled("set_status", began);
+        result
+    }
+}
+
+/// Read the account's current state.
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "Result<AccountState, StepError>")]
+pub(crate) struct Snapshot;
+
+impl Handler<Snapshot> for AccountActor {
+    type Result = Result<AccountState, StepError>;
+
+    fn handle(&mut self, _message: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let began = self.received();
+        let result = self.state().map(|state| state.clone());
+        self.handled("snapshot", began);
+        result
+    }
+}
+
+/// Check for passivation now rather than at the next interval (tests move a manual
+/// clock and then sweep). Counts as activity only in the mailbox, not for idleness.
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Sweep;
+
+impl Handler<Sweep> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, _message: Sweep, ctx: &mut Self::Context) {
+        self.depth.fetch_sub(1, Ordering::AcqRel);
+        self.passivate_if_idle(ctx);
+    }
+}

@@ -1,0 +1,40 @@
+//! Tally's engine: account actors, the transfer coordinator, the write-behind persister
+//! and the stores (PostgreSQL, SQLite). It knows nothing of HTTP.
+//!
+//! * [`account`] — the balance logic of one account, a pure state machine;
+//! * `actor` / `registry` — one actix actor per active account, activated on demand,
+//!   passivated when idle, spread over one arbiter per core;
+//! * [`engine`] — the public handle and the coordinator (debit → credit → refund);
+//! * [`persister`] — batching group commits with strict or relaxed durability;
+//! * [`store`] — the database behind one interface.
+//!
+//! The invariants it keeps are those of design.md §11; [`Store::verify`] checks them.
+
+pub mod account;
+mod actor;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error;
+mod idempotency;
+pub mod metrics;
+pub mod money;
+pub mod persister;
+pub mod record;
+mod registry;
+mod shared;
+pub mod store;
+
+pub use account::{AccountEffect, AccountState, AccountStatus, Refusal, StatusChangeRefusal};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Durability, EngineConfig, Placement};
+pub use engine::{AccountBalance, ActorStats, AuditContext, Engine, MoveRequest};
+pub use error::EngineError;
+pub use idempotency::IDEMPOTENCY_KEY_LENGTH_MAX;
+pub use metrics::EngineMetrics;
+pub use money::{AMOUNT_MAX_MINOR, AccountId, Amount, AmountError, InvalidAccountId};
+pub use persister::PersisterStatus;
+pub use record::{
+    AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
+};
+pub use store::{DEFAULT_DATABASE_URL, Faults, Store, StoreKind, Violation};

@@ -1,0 +1,758 @@
+//! The write-behind persister: one thread that turns applied changes into group commits.
+//!
+//! Coordinators hand it a [`PendingWrite`] (a transaction record and the account effects
+//! it caused, or a status change with its audit row) over a crossbeam channel. The thread
+//! gathers what arrived, picks the writes that may become durable now, writes them in one
+//! database transaction, publishes the accounts' durable versions, and then — only then —
+//! acknowledges each write (strict durability).
+//!
+//! **Which writes may go together.** Changes are applied in memory in each account's
+//! version order, but records reach the persister in the order their transfers finish. A
+//! transfer that spent money credited by a transfer still in flight must not become
+//! durable before it: after a crash its balance would rest on money that never arrived.
+//! So a batch takes only writes whose every effect extends its account's durable history
+//! without a gap ([`select_ready`]); the others wait for the writes they depend on. Each
+//! batch is therefore a causally closed set, and batches commit one after another in
+//! order, so the store always holds exactly the state after some prefix of history.
+//!
+//! **Outages.** A failed batch is retried with exponential backoff, unchanged (writes are
+//! idempotent). Meanwhile the queue fills; [`Persister::reserve`] refuses new writes once
+//! it is full or once the outage has lasted `outage_refuse_after`, so callers get a fast
+//! "unavailable" instead of piling up. Nothing accepted is dropped: when the database is
+//! back, everything queued is written in order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::account::AccountEffect;
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::metrics::EngineMetrics;
+use crate::money::AccountId;
+use crate::record::{AuditEntry, TransactionRecord};
+use crate::store::{Batch, Store};
+
+/// The durable version of every active account: written by the persister after each
+/// commit, inserted by an actor when it activates, removed when it passivates. An actor
+/// may only passivate once its version is durable, so a later activation never loads a
+/// stale row.
+pub(crate) type DurableVersions = DashMap<AccountId, u64>;
+
+/// One change handed to the persister.
+#[derive(Debug)]
+pub(crate) struct PendingWrite {
+    pub transaction: Option<TransactionRecord>,
+    /// The accounts as they are right after each change this write made (zero to three:
+    /// debit, credit, refund, or one status change).
+    pub effects: Vec<AccountEffect>,
+    pub audit: Vec<AuditEntry>,
+    pub applied_at: Instant,
+    /// Resolved once the write is durable; dropped unresolved if the persister stops
+    /// without writing it.
+    pub ack: Option<oneshot::Sender<()>>,
+}
+
+enum Command {
+    Write(Box<PendingWrite>),
+    /// Write everything queued, then stop.
+    Flush,
+}
+
+/// A place in the queue, taken before anything moves so that an applied change always
+/// has room to become durable. Dropping it unused gives the place back.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    shared: Arc<PersisterShared>,
+    used: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.used {
+            self.shared.release(1);
+        }
+    }
+}
+
+/// What operators and `/readyz` see of the persister.
+#[derive(Clone, Debug, Serialize)]
+pub struct PersisterStatus {
+    pub healthy: bool,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub batches_written: u64,
+    pub writes_durable: u64,
+    pub last_batch_size: usize,
+    pub last_flush_duration_ms: f64,
+    /// Milliseconds since the current outage began; absent while healthy.
+    pub failing_for_ms: Option<u64>,
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct PersisterShared {
+    /// Writes reserved or queued and not yet durable.
+    queued: AtomicUsize,
+    capacity: usize,
+    /// Reference point for `failing_since_ns`.
+    epoch: Instant,
+    /// Nanoseconds after `epoch` at which the current outage began; 0 while healthy.
+    failing_since_ns: AtomicU64,
+    /// Set to stop at once, dropping everything queued (a simulated crash, or the end of
+    /// a shutdown that could not flush).
+    abort: AtomicBool,
+    batches_written: AtomicU64,
+    writes_durable: AtomicU64,
+    consecutive_failures: AtomicU64,
+    last_batch: Mutex<(usize, Duration)>,
+    last_error: Mutex<Option<String>>,
+    metrics: EngineMetrics,
+}
+
+impl PersisterShared {
+    fn release(&self, count: usize) {
+        self.queued.fetch_sub(count, Ordering::AcqRel);
+        self.metrics.persister_queue_depth.sub(count as i64);
+    }
+
+    fn failing_for(&self) -> Option<Duration> {
+        match self.failing_since_ns.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_nanos(since)),
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Persister {
+    sender: Sender<Command>,
+    shared: Arc<PersisterShared>,
+    outage_refuse_after: Duration,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Persister {
+    /// Start the persister thread. It opens its own connection to `store`'s database
+    /// (lazily, so a database that is down at start only delays the first write).
+    pub fn start(
+        store: &Store,
+        config: &EngineConfig,
+        durable: Arc<DurableVersions>,
+        metrics: EngineMetrics,
+    ) -> anyhow::Result<Persister> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let shared = Arc::new(PersisterShared {
+            queued: AtomicUsize::new(0),
+            capacity: config.queue_capacity,
+            epoch: Instant::now(),
+            failing_since_ns: AtomicU64::new(0),
+            abort: AtomicBool::new(false),
+            batches_written: AtomicU64::new(0),
+            writes_durable: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            last_batch: Mutex::new((0, Duration::ZERO)),
+            last_error: Mutex::new(None),
+            metrics,
+        });
+        let writer = Writer {
+            receiver,
+            store: store.clone(),
+            database_url: config.database_url.clone(),
+            durable,
+            shared: shared.clone(),
+            batch_size_max: config.batch_size_max.max(1),
+            flush_delay_max: config.flush_delay_max,
+            backoff_min: config.retry_backoff_min,
+            backoff_max: config.retry_backoff_max,
+            pending: Vec::new(),
+            flushing: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tally-persister".into())
+            .spawn(move || writer.run())?;
+        Ok(Persister {
+            sender,
+            shared,
+            outage_refuse_after: config.outage_refuse_after,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Take a place in the queue, or refuse at once when the queue is full or the
+    /// database has been failing for too long.
+    pub fn reserve(&self) -> Result<Reservation, EngineError> {
+        if let Some(failing) = self.shared.failing_for()
+            && failing >= self.outage_refuse_after
+        {
+            self.shared
+                .metrics
+                .persister_refused
+                .with_label_values(&["outage"])
+                .inc();
+            return Err(EngineError::Unavailable("the database is unreachable"));
+        }
+        let taken =
+            self.shared
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                    (queued < self.shared.capacity).then_some(queued + 1)
+                });
+        if taken.is_err() {
+            self.shared
+                .metrics
+                .persister_refused
+                .with_label_values(&["queue_full"])
+                .inc();
+            return Err(EngineError::Unavailable("the write queue is full"));
+        }
+        self.shared.metrics.persister_queue_depth.inc();
+        Ok(Reservation {
+            shared: self.shared.clone(),
+            used: false,
+        })
+    }
+
+    /// Queue a write in the place `reservation` holds. With `wants_ack`, the returned
+    /// receiver resolves once the write is durable.
+    pub fn submit(
+        &self,
+        mut reservation: Reservation,
+        mut write: PendingWrite,
+        wants_ack: bool,
+    ) -> Option<oneshot::Receiver<()>> {
+        let receiver = if wants_ack {
+            let (ack, receiver) = oneshot::channel();
+            write.ack = Some(ack);
+            Some(receiver)
+        } else {
+            None
+        };
+        reservation.used = true;
+        if self.sender.send(Command::Write(Box::new(write))).is_err() {
+            // The thread is gone (after a crash or shutdown): the write will never be
+            // durable, and the dropped ack tells a waiting caller so.
+            self.shared.release(1);
+        }
+        receiver
+    }
+
+    pub fn status(&self) -> PersisterStatus {
+        let (last_batch_size, last_flush) = *self.shared.last_batch.lock().expect("status lock");
+        let failing = self.shared.failing_for();
+        PersisterStatus {
+            healthy: failing.is_none(),
+            queue_depth: self.shared.queued.load(Ordering::Acquire),
+            queue_capacity: self.shared.capacity,
+            batches_written: self.shared.batches_written.load(Ordering::Relaxed),
+            writes_durable: self.shared.writes_durable.load(Ordering::Relaxed),
+            last_batch_size,
+            last_flush_duration_ms: last_flush.as_secs_f64() * 1e3,
+            failing_for_ms: failing.map(|duration| duration.as_millis() as u64),
+            consecutive_failures: self.shared.consecutive_failures.load(Ordering::Relaxed),
+            last_error: self.shared.last_error.lock().expect("status lock").clone(),
+        }
+    }
+
+    /// Write everything queued, then stop the thread. Gives up after `deadline` (the
+    /// database may be down): what is still queued then was never acknowledged.
+    pub fn flush_and_stop(&self, deadline: Duration) {
+        let _ = self.sender.send(Command::Flush);
+        let started = Instant::now();
+        let thread = self.thread.lock().expect("thread lock").take();
+        if let Some(thread) = thread {
+            while !thread.is_finished() {
+                if started.elapsed() >= deadline {
+                    tracing::error!(
+                        queued = self.shared.queued.load(Ordering::Acquire),
+                        "shutdown: the persister could not flush in time; unwritten changes were never acknowledged"
+                    );
+                    self.shared.abort.store(true, Ordering::Release);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = thread.join();
+        }
+    }
+
+    /// Stop at once without writing what is queued, as a crash would.
+    pub fn abort(&self) {
+        self.shared.abort.store(true, Ordering::Release);
+        let _ = self.sender.send(Command::Flush);
+        if let Some(thread) = self.thread.lock().expect("thread lock").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    receiver: Receiver<Command>,
+    store: Store,
+    database_url: String,
+    durable: Arc<DurableVersions>,
+    shared: Arc<PersisterShared>,
+    batch_size_max: usize,
+    flush_delay_max: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    /// Writes received and not yet written: some wait for writes they depend on.
+    pending: Vec<PendingWrite>,
+    flushing: bool,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "persister: cannot build its runtime");
+                return;
+            }
+        };
+        // The persister's own connection: it lives on this thread's runtime.
+        let store = runtime.block_on(async { self.store.writer(&self.database_url) });
+        let store = match store {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "persister: cannot open its connection"
+                );
+                return;
+            }
+        };
+        loop {
+            if self.aborted() {
+                return;
+            }
+            let disconnected = self.gather();
+            if self.aborted() {
+                return;
+            }
+            let ready = select_ready(&mut self.pending, &self.durable);
+            if ready.is_empty() {
+                if (self.flushing || disconnected) && self.receiver.is_empty() {
+                    if !self.pending.is_empty() {
+                        tracing::error!(
+                            blocked = self.pending.len(),
+                            "persister stopping with writes whose dependencies never arrived"
+                        );
+                    }
+                    return;
+                }
+                continue;
+            }
+            if !self.write(&runtime, &store, ready) {
+                return;
+            }
+        }
+    }
+
+    fn aborted(&self) -> bool {
+        self.shared.abort.load(Ordering::Acquire)
+    }
+
+    /// Receive what is available (blocking while there is nothing to write), at most
+    /// `batch_size_max` new writes. Returns whether every sender is gone.
+    fn gather(&mut self) -> bool {
+        let mut received = 0;
+        // Block when there is nothing to do: the queue is empty, or everything pending
+        // waits for writes that have not arrived yet.
+        if !self.flushing {
+            match self.receiver.recv() {
+                Ok(command) => received += self.accept(command),
+                Err(_) => return true,
+            }
+        }
+        let linger_until = Instant::now() + self.flush_delay_max;
+        while received < self.batch_size_max {
+            match self.receiver.try_recv() {
+                Ok(command) => received += self.accept(command),
+                Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if self.flushing || now >= linger_until {
+                        break;
+                    }
+                    match self.receiver.recv_timeout(linger_until - now) {
+                        Ok(command) => received += self.accept(command),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return true,
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn accept(&mut self, command: Command) -> usize {
+        match command {
+            Command::Write(write) => {
+                self.pending.push(*write);
+                1
+            }
+            Command::Flush => {
+                self.flushing = true;
+                0
+            }
+        }
+    }
+
+    /// Write one batch, retrying until it commits; false when aborted meanwhile.
+    fn write(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        store: &Store,
+        writes: Vec<PendingWrite>,
+    ) -> bool {
+        let batch = build_batch(&writes);
+        let metrics = &self.shared.metrics;
+        let mut backoff = self.backoff_min;
+        let span = tracing::info_span!(
+            "persister.batch",
+            writes = writes.len(),
+            accounts = batch.balances.len()
+        );
+        let _entered = span.enter();
+        loop {
+            let started = Instant::now();
+            match runtime.block_on(store.write_batch(&batch)) {
+                Ok(()) => {
+                    let took = started.elapsed();
+                    metrics.persister_flush_duration.observe(took.as_secs_f64());
+                    metrics.persister_batch_size.observe(writes.len() as f64);
+                    self.committed(&batch, writes, took);
+                    return true;
+                }
+                Err(error) => {
+                    metrics.persister_retries.inc();
+                    let failures = self
+                        .shared
+                        .consecutive_failures
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    let message = format!("{error:#}");
+                    if failures == 1 {
+                        metrics.persister_failures.inc();
+                        let since = self.shared.epoch.elapsed().as_nanos().max(1) as u64;
+                        self.shared.failing_since_ns.store(since, Ordering::Release);
+                        tracing::error!(error = %message, writes = writes.len(), "persister: batch write failed; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %message, failures, "persister: batch write failed again");
+                    }
+                    *self.shared.last_error.lock().expect("status lock") = Some(message);
+                    if !self.sleep_unless_aborted(backoff) {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(self.backoff_max);
+                }
+            }
+        }
+    }
+
+    fn sleep_unless_aborted(&self, pause: Duration) -> bool {
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if self.aborted() {
+                return false;
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(10)));
+        }
+        !self.aborted()
+    }
+
+    fn committed(&mut self, batch: &Batch, writes: Vec<PendingWrite>, took: Duration) {
+        if self.shared.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
+            let outage = self.shared.failing_for().unwrap_or_default();
+            tracing::info!(
+                outage_ms = outage.as_millis() as u64,
+                "persister: the database is back; writing again"
+            );
+        }
+        self.shared.failing_since_ns.store(0, Ordering::Release);
+        for effect in &batch.balances {
+            let mut durable = self.durable.entry(effect.account).or_insert(0);
+            debug_assert!(
+                *durable < effect.version,
+                "durable versions only move forward"
+            );
+            *durable = (*durable).max(effect.version);
+        }
+        let count = writes.len();
+        let metrics = &self.shared.metrics;
+        for write in writes {
+            metrics
+                .persister_durable_lag
+                .observe(write.applied_at.elapsed().as_secs_f64());
+            if let Some(ack) = write.ack {
+                let _ = ack.send(());
+            }
+        }
+        self.shared.release(count);
+        self.shared.batches_written.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .writes_durable
+            .fetch_add(count as u64, Ordering::Relaxed);
+        *self.shared.last_batch.lock().expect("status lock") = (count, took);
+    }
+}
+
+/// What one batch writes: every transaction and audit row of `writes`, and for each
+/// account only its latest state.
+fn build_batch(writes: &[PendingWrite]) -> Batch {
+    let mut latest: HashMap<AccountId, AccountEffect> = HashMap::new();
+    let mut batch = Batch::default();
+    for write in writes {
+        batch.transactions.extend(write.transaction.iter().cloned());
+        batch.audit.extend(write.audit.iter().cloned());
+        for effect in &write.effects {
+            latest
+                .entry(effect.account)
+                .and_modify(|known| {
+                    if effect.version > known.version {
+                        *known = *effect;
+                    }
+                })
+                .or_insert(*effect);
+        }
+    }
+    batch.balances = latest.into_values().collect();
+    batch.balances.sort_unstable_by_key(|effect| effect.account);
+    batch
+}
+
+/// One account's durable version and the versions pending writes carry for it, in
+/// order, each with the index of its write.
+struct Frontier {
+    durable: u64,
+    versions: Vec<(u64, usize)>,
+}
+
+/// Remove from `pending` and return the largest set of writes that may become durable
+/// together: for every account, the versions they carry continue its durable version
+/// without a gap. Writes that wait for a missing version stay in `pending`.
+///
+/// Excluding one write can open a gap in another account's history (the write carried
+/// that account's next version too), so exclusion repeats until nothing changes.
+fn select_ready(pending: &mut Vec<PendingWrite>, durable: &DurableVersions) -> Vec<PendingWrite> {
+    let mut versions: HashMap<AccountId, Vec<(u64, usize)>> = HashMap::new();
+    for (index, write) in pending.iter().enumerate() {
+        for effect in &write.effects {
+            versions
+                .entry(effect.account)
+                .or_default()
+                .push((effect.version, index));
+        }
+    }
+    let mut excluded = vec![false; pending.len()];
+    let frontiers: Vec<Frontier> = versions
+        .into_iter()
+        .map(|(account, mut list)| {
+            list.sort_unstable();
+            let frontier = match durable.get(&account) {
+                Some(version) => *version,
+                None => {
+                    // An account's actor records its loaded version before it applies
+                    // anything, so this cannot happen; writing on rather than stalling
+                    // every write of the account is the lesser harm.
+                    tracing::error!(%account, "persister: no durable version known for an account");
+                    list[0].0 - 1
+                }
+            };
+            Frontier {
+                durable: frontier,
+                versions: list,
+            }
+        })
+        .collect();
+    loop {
+        let mut changed = false;
+        for Frontier {
+            durable,
+            versions: list,
+        } in &frontiers
+        {
+            let mut next = *durable + 1;
+            let mut cut = list.len();
+            for (position, &(version, index)) in list.iter().enumerate() {
+                if version == next && !excluded[index] {
+                    next += 1;
+                } else {
+                    cut = position;
+                    break;
+                }
+            }
+            for &(_, index) in &list[cut..] {
+                if !excluded[index] {
+                    excluded[index] = true;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut ready = Vec::new();
+    let mut waiting = Vec::new();
+    for (write, excluded) in pending.drain(..).zip(excluded) {
+        if excluded {
+            waiting.push(write);
+        } else {
+            ready.push(write);
+        }
+    }
+    *pending = waiting;
+    ready
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::account::AccountStatus;
+
+    fn effect(account: i64, version: u64) -> AccountEffect {
+        AccountEffect {
+            account: AccountId::new(account).unwrap(),
+            version,
+            balance: 0,
+            held: 0,
+            status: AccountStatus::Active,
+            at: Utc::now(),
+        }
+    }
+
+    fn write(effects: &[(i64, u64)]) -> PendingWrite {
+        PendingWrite {
+            transaction: None,
+            effects: effects
+                .iter()
+                .map(|&(account, version)| effect(account, version))
+                .collect(),
+            audit: Vec::new(),
+            applied_at: Instant::now(),
+            ack: None,
+        }
+    }
+
+    fn durable(versions: &[(i64, u64)]) -> DurableVersions {
+        versions
+            .iter()
+            .map(|&(account, version)| (AccountId::new(account).unwrap(), version))
+            .collect()
+    }
+
+    fn versions_of(writes: &[PendingWrite]) -> Vec<Vec<(i64, u64)>> {
+        writes
+            .iter()
+            .map(|write| {
+                write
+                    .effects
+                    .iter()
+                    .map(|e| (e.account.get(), e.version))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_that_continue_the_durable_history_are_ready() {
+        let mut pending = vec![write(&[(1, 1), (2, 1)]), write(&[(1, 2), (3, 5)])];
+        let ready = select_ready(&mut pending, &durable(&[(1, 0), (2, 0), (3, 4)]));
+        assert_eq!(
+            versions_of(&ready),
+            vec![vec![(1, 1), (2, 1)], vec![(1, 2), (3, 5)]]
+        );
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_write_waits_for_the_missing_version_it_builds_on() {
+        // Version 1 of account 1 belongs to a transfer still in flight.
+        let mut pending = vec![write(&[(1, 2), (2, 1)])];
+        let ready = select_ready(&mut pending, &durable(&[(1, 0), (2, 0)]));
+        assert!(ready.is_empty());
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn waiting_spreads_to_writes_that_build_on_a_waiting_write() {
+        // The first write waits for account 3's version 1; the second builds on the
+        // first through account 2, so it must wait too, although account 1 is complete.
+        let mut pending = vec![
+            write(&[(2, 1), (3, 2)]),
+            write(&[(1, 1), (2, 2)]),
+            write(&[(4, 1)]),
+        ];
+        let ready = select_ready(&mut pending, &durable(&[(1, 0), (2, 0), (3, 0), (4, 0)]));
+        assert_eq!(versions_of(&ready), vec![vec![(4, 1)]]);
+        assert_eq!(pending.len(), 2);
+        // The missing write arrives: everything goes together.
+        pending.push(write(&[(3, 1), (5, 1)]));
+        let ready = select_ready(
+            &mut pending,
+            &durable(&[(1, 0), (2, 0), (3, 0), (4, 1), (5, 0)]),
+        );
+        assert_eq!(ready.len(), 3);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_refunded_transfer_and_a_transfer_between_its_debit_and_refund_go_together() {
+        // Debit at version 1 and refund at version 3 of account 1, with another debit
+        // at version 2 in between: each needs the other, so they share a batch.
+        let mut pending = vec![write(&[(1, 2), (2, 1)]), write(&[(1, 1), (1, 3)])];
+        let ready = select_ready(&mut pending, &durable(&[(1, 0), (2, 0)]));
+        assert_eq!(ready.len(), 2);
+    }
+
+    #[test]
+    fn writes_without_effects_are_always_ready() {
+        let mut pending = vec![write(&[]), write(&[(9, 3)])];
+        let ready = select_ready(&mut pending, &durable(&[(9, 1)]));
+        assert_eq!(versions_of(&ready), vec![Vec::<(i64, u64)>::new()]);
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_keeps_only_the_latest_state_of_each_account() {
+        let mut first = effect(1, 1);
+        first.balance = 10;
+        let mut second = effect(1, 2);
+        second.balance = 7;
+        let writes = vec![
+            PendingWrite {
+                effects: vec![second],
+                ..write(&[])
+            },
+            PendingWrite {
+                effects: vec![first, effect(2, 1)],
+                ..write(&[])
+            },
+        ];
+        let batch = build_batch(&writes);
+        assert_eq!(batch.balances.len(), 2);
+        assert_eq!(
+            (batch.balances[0].version, batch.balances[0].balance),
+            (2, 7)
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! The registry: which account actors are alive, and the only way to reach them.
+//!
+//! A `DashMap<AccountId, AccountHandle>` maps ids to live actors. Activation happens
+//! inside the map's entry lock, so two callers racing to activate one account get the
+//! same actor; the actor loads its state after it is registered. Actors leave the map
+//! themselves (passivation, failed load), and only the entry they were registered under
+//! (`generation`), so a newer actor of the same account is never removed by mistake.
+//!
+//! Every message is counted against the actor's mailbox capacity before it is sent:
+//! a full mailbox is an immediate "overloaded" answer, never an unbounded queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use dashmap::DashMap;
+
+use crate::actor::AccountActor;
+use crate::money::AccountId;
+use crate::shared::Shared;
+
+/// How many times a message is re-sent when the actor it went to stopped before
+/// handling it (passivation or a failed load racing with the send).
+const SEND_ATTEMPTS_MAX: usize = 4;
+
+/// A live actor and its mailbox depth.
+#[derive(Clone, Debug)]
+pub(crate) struct AccountHandle {
+    pub addr: Addr<AccountActor>,
+    pub depth: Arc<AtomicUsize>,
+    pub generation: u64,
+}
+
+/// Why a message did not reach an actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The mailbox is full.
+    Overloaded,
+    /// The actor kept stopping before handling the message.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    actors: DashMap<AccountId, AccountHandle>,
+    arbiters: Vec<ArbiterHandle>,
+    generation: AtomicU64,
+    mailbox_capacity: usize,
+}
+
+impl Registry {
+    pub fn new(arbiters: Vec<ArbiterHandle>, mailbox_capacity: usize) -> Self {
+        assert!(!arbiters.is_empty(), "actors need at least one arbiter");
+        Registry {
+            actors: DashMap::new(),
+            arbiters,
+            generation: AtomicU64::new(1),
+            mailbox_capacity,
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// The live actor of `id`, activated if there is none.
+    fn handle(&self, id: AccountId, shared: &Arc<Shared>) -> AccountHandle {
+        if let Some(handle) = self.actors.get(&id) {
+            return handle.clone();
+        }
+        self.actors
+            .entry(id)
+            .or_insert_with(|| {
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                let depth = Arc::new(AtomicUsize::new(0));
+                let arbiter =
+                    &self.arbiters[(id.get() as u64 % self.arbiters.len() as u64) as usize];
+                let actor = AccountActor::new(id, generation, depth.clone(), shared.clone());
+                // Our own depth counter bounds the mailbox; actix's capacity only needs
+                // room for everything that counter admits plus must-deliver messages.
+                let capacity = self.mailbox_capacity.saturating_mul(2).max(16);
+                let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
+                    ctx.set_mailbox_capacity(capacity);
+                    actor
+                });
+                AccountHandle {
+                    addr,
+                    depth,
+                    generation,
+                }
+            })
+            .clone()
+    }
+
+    /// Remove `id`'s entry if it still belongs to actor `generation`.
+    pub fn forget(&self, id: AccountId, generation: u64) {
+        self.actors
+            .remove_if(&id, |_, handle| handle.generation == generation);
+    }
+
+    /// Send `message` to `id`'s actor and wait for its reply. With `must_deliver`, the
+    /// mailbox capacity is not enforced: refunds and credits of a transfer whose debit
+    /// already happened must not be refused (their number is bounded by the persister's
+    /// queue, which admitted the transfer).
+    pub async fn ask<M>(
+        &self,
+        shared: &Arc<Shared>,
+        id: AccountId,
+        message: M,
+        must_deliver: bool,
+    ) -> Result<M::Result, SendError>
+    where
+        M: Message + Clone + Send + 'static,
+        M::Result: Send,
+        AccountActor: Handler<M>,
+        <AccountActor as Actor>::Context: ToEnvelope<AccountActor, M>,
+    {
+        for _ in 0..SEND_ATTEMPTS_MAX {
+            let handle = self.handle(id, shared);
+            let depth = handle.depth.fetch_add(1, Ordering::AcqRel);
+            if !must_deliver && depth >= self.mailbox_capacity {
+                handle.depth.fetch_sub(1, Ordering::AcqRel);
+                shared.metrics.actor_overloaded.inc();
+                return Err(SendError::Overloaded);
+            }
+            match handle.addr.send(message.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(_) => {
+                    // The actor stopped before handling the message, so it was not
+                    // applied (handlers reply synchronously); try a fresh actor.
+                    self.forget_if_dead(id, &handle);
+                }
+            }
+        }
+        Err(SendError::Unavailable)
+    }
+
+    /// Send `message` to every live actor without waiting for replies to arrive first;
+    /// returns once all have handled it.
+    pub async fn broadcast<M>(&self, message: M)
+    where
+        M: Message<Result = ()> + Clone + Send + 'static,
+        AccountActor: Handler<M>,
+        <AccountActor as Actor>::Context: ToEnvelope<AccountActor, M>,
+    {
+        let handles: Vec<AccountHandle> = self
+            .actors
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect();
+        let mut replies = Vec::with_capacity(handles.len());
+        for handle in handles {
+            handle.depth.fetch_add(1, Ordering::AcqRel);
+            replies.push(handle.addr.send(message.clone()));
+        }
+        for reply in replies {
+            let _ = reply.await;
+        }
+    }
+
+    fn forget_if_dead(&self, id: AccountId, handle: &AccountHandle) {
+        if !handle.addr.connected() {
+            self.forget(id, handle.generation);
+        }
+    }
+
+    /// The live actors with the deepest mailboxes, for operators.
+    /// Messages waiting in all mailboxes.
+    pub fn mailbox_depth(&self) -> usize {
+        self.actors
+            .iter()
+            .map(|entry| entry.value().depth.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn busiest(&self, count: usize) -> Vec<(AccountId, usize)> {
+        let mut all: Vec<(AccountId, usize)> = self
+            .actors
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().depth.load(Ordering::Relaxed)))
+            .collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(count);
+        all
+    }
+}

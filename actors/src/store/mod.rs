@@ -1,0 +1,502 @@
+//! Stores: where the engine's state becomes durable. PostgreSQL is the production store,
+//! SQLite the embedded default; both sit behind [`Store`] and behave the same.
+//!
+//! The persister is the only writer of `transactions`, `balances` (after creation) and
+//! `audit_logs`: it hands over one [`Batch`] at a time, written in one database
+//! transaction with set-based statements. Batch writes are idempotent (rows are keyed by
+//! engine-generated ids and balance rows only move forward in version), so a batch whose
+//! commit outcome was lost with the connection can simply be written again.
+
+mod postgres;
+mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal};
+use crate::money::{AccountId, Amount};
+use crate::record::{
+    AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
+};
+
+/// The default store: an SQLite file under `./data/`, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/tally.db";
+
+/// Everything one group commit writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub transactions: Vec<TransactionRecord>,
+    /// The latest effect of every account the batch touches: one balance row update
+    /// per distinct account.
+    pub balances: Vec<AccountEffect>,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// Failures injected by tests to exercise the outage paths without stopping a server.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_writes: AtomicBool,
+    fail_reads: AtomicBool,
+}
+
+impl Faults {
+    /// Make every batch write fail (as if the database were down) until cleared.
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// Make every read (account loads, lookups) fail until cleared.
+    pub fn fail_reads(&self, fail: bool) {
+        self.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    fn check_write(&self) -> anyhow::Result<()> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            bail!("injected write failure");
+        }
+        Ok(())
+    }
+
+    fn check_read(&self) -> anyhow::Result<()> {
+        if self.fail_reads.load(Ordering::Relaxed) {
+            bail!("injected read failure");
+        }
+        Ok(())
+    }
+}
+
+/// Which database a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Postgres,
+    Sqlite,
+}
+
+/// A broken invariant found by [`Store::verify`] (design.md §11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// The balances, the external account included, do not sum to zero.
+    Conservation { sum: i128 },
+    /// A user account is below zero.
+    NegativeBalance { account: i64, balance: i64 },
+    /// An account's balance differs from the sum of its journal deltas.
+    BalanceMismatch {
+        account: i64,
+        balance: i64,
+        journal_sum: i128,
+    },
+    /// A journal entry's balance after is not the previous one plus its delta.
+    JournalBreak { account: i64, version: i64 },
+    /// Two journal entries of one account carry the same version.
+    DuplicateVersion { account: i64, version: i64 },
+    /// An account's stored version is behind its own journal.
+    VersionBehindJournal {
+        account: i64,
+        version: i64,
+        journal_version: i64,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::Conservation { sum } => {
+                write!(f, "conservation: all balances sum to {sum}, not 0")
+            }
+            Violation::NegativeBalance { account, balance } => {
+                write!(f, "negative balance: account {account} holds {balance}")
+            }
+            Violation::BalanceMismatch {
+                account,
+                balance,
+                journal_sum,
+            } => write!(
+                f,
+                "balance mismatch: account {account} holds {balance} but its journal sums to {journal_sum}"
+            ),
+            Violation::JournalBreak { account, version } => write!(
+                f,
+                "journal break: account {account} version {version} does not follow from the entry before it"
+            ),
+            Violation::DuplicateVersion { account, version } => {
+                write!(
+                    f,
+                    "duplicate journal version: account {account} version {version} appears twice"
+                )
+            }
+            Violation::VersionBehindJournal {
+                account,
+                version,
+                journal_version,
+            } => write!(
+                f,
+                "stale balance row: account {account} is at version {version} but its journal reaches {journal_version}"
+            ),
+        }
+    }
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+    faults: Arc<Faults>,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Postgres(postgres::PgStore),
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// How long a caller waits for a pooled connection before the store counts as
+/// unavailable; short, so an outage turns into fast 503s rather than piled-up requests.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Store {
+    /// Connect to `url` (`postgres://…` or `sqlite://…`) and apply pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(
+                postgres::PgStore::connect(url, max_connections, ACQUIRE_TIMEOUT).await?,
+            )
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite(
+                sqlite::SqliteStore::connect(url, max_connections, ACQUIRE_TIMEOUT).await?,
+            )
+        } else {
+            bail!(
+                "DATABASE_URL must start with postgres://, postgresql:// or sqlite: (got {url:?})"
+            );
+        };
+        let store = Store {
+            backend,
+            faults: Arc::new(Faults::default()),
+        };
+        store.migrate().await.context("applying migrations")?;
+        Ok(store)
+    }
+
+    /// A second handle on the same database with its own single connection, opened
+    /// lazily on the caller's runtime: the persister's. It shares this store's injected
+    /// faults.
+    pub fn writer(&self, url: &str) -> anyhow::Result<Store> {
+        let backend = match &self.backend {
+            Backend::Postgres(_) => {
+                Backend::Postgres(postgres::PgStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?)
+            }
+            Backend::Sqlite(_) => {
+                Backend::Sqlite(sqlite::SqliteStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?)
+            }
+        };
+        Ok(Store {
+            backend,
+            faults: self.faults.clone(),
+        })
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        match &self.backend {
+            Backend::Postgres(_) => StoreKind::Postgres,
+            Backend::Sqlite(_) => StoreKind::Sqlite,
+        }
+    }
+
+    /// The PostgreSQL pool, for the service's own tables; `None` on SQLite.
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.backend {
+            Backend::Postgres(store) => Some(&store.pool),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool, for the service's own tables; `None` on PostgreSQL.
+    pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite(store) => Some(&store.pool),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Postgres(store) => store.migrate().await,
+            Backend::Sqlite(store) => store.migrate().await,
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.faults.check_read()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.ping().await,
+            Backend::Sqlite(store) => store.ping().await,
+        }
+    }
+
+    /// Create an empty, active account; returns false when it already existed.
+    pub async fn create_account(&self, id: AccountId) -> anyhow::Result<bool> {
+        self.faults.check_write()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.create_account(id).await,
+            Backend::Sqlite(store) => store.create_account(id).await,
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<AccountState>> {
+        self.faults.check_read()?;
+        let row = match &self.backend {
+            Backend::Postgres(store) => store.load_account(id).await?,
+            Backend::Sqlite(store) => store.load_account(id).await?,
+        };
+        row.map(|(balance, held, status, version)| {
+            Ok(AccountState {
+                id,
+                balance,
+                held,
+                status: AccountStatus::parse(&status)
+                    .with_context(|| format!("account {id} has unknown status {status:?}"))?,
+                version: u64::try_from(version).context("negative account version")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Write one batch in one database transaction.
+    #[tracing::instrument(level = "debug", skip_all, fields(transactions = batch.transactions.len(), balances = batch.balances.len()))]
+    pub async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
+        self.faults.check_write()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.write_batch(batch).await,
+            Backend::Sqlite(store) => store.write_batch(batch).await,
+        }
+    }
+
+    pub async fn transaction(&self, id: Uuid) -> anyhow::Result<Option<TransactionRecord>> {
+        self.faults.check_read()?;
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.transaction(id).await?,
+            Backend::Sqlite(store) => store.transaction(id).await?,
+        };
+        raw.map(RawTransaction::into_record).transpose()
+    }
+
+    /// The transaction `initiator` requested with idempotency key `key`, if any.
+    pub async fn find_by_idempotency_key(
+        &self,
+        initiator: i64,
+        key: &str,
+    ) -> anyhow::Result<Option<TransactionRecord>> {
+        self.faults.check_read()?;
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.find_by_idempotency_key(initiator, key).await?,
+            Backend::Sqlite(store) => store.find_by_idempotency_key(initiator, key).await?,
+        };
+        raw.map(RawTransaction::into_record).transpose()
+    }
+
+    /// How many transactions are stored.
+    pub async fn transaction_count(&self) -> anyhow::Result<i64> {
+        self.faults.check_read()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.transaction_count().await,
+            Backend::Sqlite(store) => store.transaction_count().await,
+        }
+    }
+
+    /// The audit entries about one entity, oldest first.
+    pub async fn audit_entries(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> anyhow::Result<Vec<AuditEntry>> {
+        self.faults.check_read()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.audit_entries(entity_type, entity_id).await,
+            Backend::Sqlite(store) => store.audit_entries(entity_type, entity_id).await,
+        }
+    }
+
+    /// The sum of all balances and the number of accounts.
+    pub async fn balance_sum(&self) -> anyhow::Result<(i128, i64)> {
+        match &self.backend {
+            Backend::Postgres(store) => store.balance_sum().await,
+            Backend::Sqlite(store) => store.balance_sum().await,
+        }
+    }
+
+    /// Check the store-level invariants of design.md §11 (conservation, no negative
+    /// user balance, balance = sum of journal, journal order) and list every violation,
+    /// at most `limit` of each kind.
+    pub async fn verify(&self, limit: i64) -> anyhow::Result<Vec<Violation>> {
+        let mut violations = Vec::new();
+        let (sum, _) = self.balance_sum().await?;
+        if sum != 0 {
+            violations.push(Violation::Conservation { sum });
+        }
+        let found = match &self.backend {
+            Backend::Postgres(store) => store.verify(limit).await?,
+            Backend::Sqlite(store) => store.verify(limit).await?,
+        };
+        violations.extend(found);
+        Ok(violations)
+    }
+}
+
+/// SQL shared by both stores: the journal as entries, derived from the transactions rows.
+const JOURNAL_ENTRIES: &str = "
+    SELECT from_user_id AS account, from_version AS version, -amount AS delta, from_balance_after AS balance_after
+      FROM transactions WHERE from_version IS NOT NULL
+    UNION ALL
+    SELECT to_user_id, to_version, amount, to_balance_after
+      FROM transactions WHERE to_version IS NOT NULL
+    UNION ALL
+    SELECT from_user_id, refund_version, amount, refund_balance_after
+      FROM transactions WHERE refund_version IS NOT NULL";
+
+/// The invariant queries, each returning `(account, a, b)` rows of violations; shared by
+/// both stores (they differ only in parameter syntax, which these do not use).
+/// Turns one result row `(account, a, b)` of a verify query into its violation.
+type MakeViolation = fn(i64, i64, i64) -> Violation;
+
+fn verify_queries(limit: i64) -> [(MakeViolation, String); 5] {
+    [
+        (
+            |account, balance, _| Violation::NegativeBalance { account, balance },
+            format!("SELECT user_id, amount, 0 FROM balances WHERE user_id <> 0 AND amount < 0 ORDER BY user_id LIMIT {limit}"),
+        ),
+        (
+            |account, balance, journal_sum| Violation::BalanceMismatch {
+                account,
+                balance,
+                journal_sum: i128::from(journal_sum),
+            },
+            format!(
+                "WITH entries AS ({JOURNAL_ENTRIES}),
+                      sums AS (SELECT account, SUM(delta) AS total FROM entries GROUP BY account)
+                 SELECT b.user_id, b.amount, COALESCE(s.total, 0)
+                   FROM balances b LEFT JOIN sums s ON s.account = b.user_id
+                  WHERE b.amount <> COALESCE(s.total, 0)
+                  ORDER BY b.user_id LIMIT {limit}"
+            ),
+        ),
+        (
+            |account, version, _| Violation::JournalBreak { account, version },
+            format!(
+                "WITH entries AS ({JOURNAL_ENTRIES}),
+                      ordered AS (SELECT account, version, delta, balance_after,
+                                         LAG(balance_after, 1, 0) OVER (PARTITION BY account ORDER BY version) AS before
+                                    FROM entries)
+                 SELECT account, version, 0 FROM ordered WHERE before + delta <> balance_after
+                  ORDER BY account, version LIMIT {limit}"
+            ),
+        ),
+        (
+            |account, version, _| Violation::DuplicateVersion { account, version },
+            format!(
+                "WITH entries AS ({JOURNAL_ENTRIES})
+                 SELECT account, version, 0 FROM entries GROUP BY account, version HAVING COUNT(*) > 1
+                  ORDER BY account, version LIMIT {limit}"
+            ),
+        ),
+        (
+            |account, version, journal_version| Violation::VersionBehindJournal {
+                account,
+                version,
+                journal_version,
+            },
+            format!(
+                "WITH entries AS ({JOURNAL_ENTRIES}),
+                      latest AS (SELECT account, MAX(version) AS version FROM entries GROUP BY account)
+                 SELECT b.user_id, b.version, l.version
+                   FROM balances b JOIN latest l ON l.account = b.user_id
+                  WHERE b.version < l.version
+                  ORDER BY b.user_id LIMIT {limit}"
+            ),
+        ),
+    ]
+}
+
+/// The columns of a transactions row, common to both stores once times are converted.
+#[derive(Debug)]
+struct RawTransaction {
+    id: Uuid,
+    kind: String,
+    status: String,
+    from: i64,
+    to: i64,
+    amount: i64,
+    from_version: Option<i64>,
+    from_balance_after: Option<i64>,
+    to_version: Option<i64>,
+    to_balance_after: Option<i64>,
+    refund_version: Option<i64>,
+    refund_balance_after: Option<i64>,
+    failure_reason: Option<String>,
+    initiator: Option<i64>,
+    idempotency_key: Option<String>,
+    created_at: DateTime<Utc>,
+    completed_at: DateTime<Utc>,
+}
+
+const TRANSACTION_COLUMNS: &str = "id, type, status, from_user_id, to_user_id, amount, \
+    from_version, from_balance_after, to_version, to_balance_after, refund_version, refund_balance_after, \
+    failure_reason, initiator_id, idempotency_key, created_at, completed_at";
+
+fn position(
+    version: Option<i64>,
+    balance_after: Option<i64>,
+) -> anyhow::Result<Option<JournalPosition>> {
+    match (version, balance_after) {
+        (Some(version), Some(balance_after)) => Ok(Some(JournalPosition {
+            version: u64::try_from(version).context("negative journal version")?,
+            balance_after,
+        })),
+        (None, None) => Ok(None),
+        _ => bail!("journal version and balance after must be both present or both absent"),
+    }
+}
+
+impl RawTransaction {
+    fn into_record(self) -> anyhow::Result<TransactionRecord> {
+        Ok(TransactionRecord {
+            id: self.id,
+            kind: TransactionKind::parse(&self.kind)
+                .with_context(|| format!("unknown type {:?}", self.kind))?,
+            status: TransactionStatus::parse(&self.status)
+                .with_context(|| format!("unknown status {:?}", self.status))?,
+            from: AccountId::new(self.from)?,
+            to: AccountId::new(self.to)?,
+            amount: Amount::from_minor(self.amount)?,
+            debit: position(self.from_version, self.from_balance_after)?,
+            credit: position(self.to_version, self.to_balance_after)?,
+            refund: position(self.refund_version, self.refund_balance_after)?,
+            failure_reason: self
+                .failure_reason
+                .map(|code| {
+                    Refusal::parse(&code)
+                        .with_context(|| format!("unknown failure reason {code:?}"))
+                })
+                .transpose()?,
+            initiator: self.initiator,
+            idempotency_key: self.idempotency_key,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
+fn version_i64(version: u64) -> i64 {
+    i64::try_from(version).expect("account versions stay far below i64::MAX")
+}

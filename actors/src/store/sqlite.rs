@@ -1,0 +1,336 @@
+//! The SQLite store, the embedded default: a WAL-mode file with full fsync on commit.
+//!
+//! SQLite has no arrays to UNNEST, so a batch is passed as JSON and expanded with
+//! `json_each`: still one statement per table per batch, all in one transaction. Times
+//! are stored as integer microseconds since the Unix epoch.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use uuid::Uuid;
+
+use super::{Batch, RawTransaction, TRANSACTION_COLUMNS, Violation, verify_queries, version_i64};
+use crate::money::AccountId;
+use crate::record::AuditEntry;
+
+type AuditRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    String,
+    Option<String>,
+    i64,
+);
+
+#[derive(Clone, Debug)]
+pub(super) struct SqliteStore {
+    pub(super) pool: SqlitePool,
+}
+
+const INSERT_TRANSACTIONS: &str = "
+INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount,
+                          from_version, from_balance_after, to_version, to_balance_after,
+                          refund_version, refund_balance_after, failure_reason,
+                          initiator_id, idempotency_key, created_at, completed_at)
+SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
+       value->>8, value->>9, value->>10, value->>11, value->>12, value->>13, value->>14,
+       value->>15, value->>16
+  FROM json_each(?1) WHERE true
+ON CONFLICT (id) DO NOTHING";
+
+const UPDATE_BALANCES: &str = "
+UPDATE balances
+   SET amount = u.amount, held = u.held, status = u.status, version = u.version,
+       last_updated_at = u.updated_at
+  FROM (SELECT value->>0 AS user_id, value->>1 AS amount, value->>2 AS held, value->>3 AS status,
+               value->>4 AS version, value->>5 AS updated_at
+          FROM json_each(?1)) AS u
+ WHERE balances.user_id = u.user_id AND balances.version < u.version";
+
+const INSERT_AUDIT: &str = "
+INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
+SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
+  FROM json_each(?1) WHERE true
+ON CONFLICT (id) DO NOTHING";
+
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(micros: i64) -> anyhow::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros).context("timestamp out of range")
+}
+
+impl SqliteStore {
+    pub(super) async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let store = Self::connect_lazy(url, max_connections, acquire_timeout)?;
+        store.ping().await.context("opening the SQLite database")?;
+        Ok(store)
+    }
+
+    pub(super) fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("parsing SQLite URL {url:?}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: every commit is fsynced, so an acknowledged write survives a power cut,
+            // not only a crash of the process.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let path = options.get_filename();
+        if let Some(directory) = path.parent()
+            && !directory.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(directory)
+                .with_context(|| format!("creating the data directory {}", directory.display()))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(SqliteStore { pool })
+    }
+
+    pub(super) async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) async fn create_account(&self, id: AccountId) -> anyhow::Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO balances (user_id, last_updated_at) VALUES (?1, ?2) ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(id.get())
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub(super) async fn load_account(
+        &self,
+        id: AccountId,
+    ) -> anyhow::Result<Option<(i64, i64, String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT amount, held, status, version FROM balances WHERE user_id = ?1")
+                .bind(id.get())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
+        let transactions: Vec<_> = batch
+            .transactions
+            .iter()
+            .map(|t| {
+                json!([
+                    t.id.to_string(),
+                    t.kind.as_str(),
+                    t.status.as_str(),
+                    t.from.get(),
+                    t.to.get(),
+                    t.amount.minor(),
+                    t.debit.map(|p| version_i64(p.version)),
+                    t.debit.map(|p| p.balance_after),
+                    t.credit.map(|p| version_i64(p.version)),
+                    t.credit.map(|p| p.balance_after),
+                    t.refund.map(|p| version_i64(p.version)),
+                    t.refund.map(|p| p.balance_after),
+                    t.failure_reason.map(|r| r.code()),
+                    t.initiator,
+                    t.idempotency_key,
+                    micros(t.created_at),
+                    micros(t.completed_at),
+                ])
+            })
+            .collect();
+        let balances: Vec<_> = batch
+            .balances
+            .iter()
+            .map(|b| {
+                json!([
+                    b.account.get(),
+                    b.balance,
+                    b.held,
+                    b.status.as_str(),
+                    version_i64(b.version),
+                    micros(b.at)
+                ])
+            })
+            .collect();
+        let audit: Vec<_> = batch
+            .audit
+            .iter()
+            .map(|a| {
+                json!([
+                    a.id.to_string(),
+                    a.entity_type,
+                    a.entity_id,
+                    a.action,
+                    a.actor_user_id,
+                    a.details.to_string(),
+                    a.request_id,
+                    micros(a.created_at)
+                ])
+            })
+            .collect();
+
+        let mut transaction = self.pool.begin().await?;
+        if !transactions.is_empty() {
+            sqlx::query(INSERT_TRANSACTIONS)
+                .bind(serde_json::Value::Array(transactions).to_string())
+                .execute(&mut *transaction)
+                .await
+                .context("inserting transactions")?;
+        }
+        if !balances.is_empty() {
+            sqlx::query(UPDATE_BALANCES)
+                .bind(serde_json::Value::Array(balances).to_string())
+                .execute(&mut *transaction)
+                .await
+                .context("updating balances")?;
+        }
+        if !audit.is_empty() {
+            sqlx::query(INSERT_AUDIT)
+                .bind(serde_json::Value::Array(audit).to_string())
+                .execute(&mut *transaction)
+                .await
+                .context("inserting audit rows")?;
+        }
+        transaction
+            .commit()
+            .await
+            .context("committing a batch to SQLite")?;
+        Ok(())
+    }
+
+    pub(super) async fn transaction(&self, id: Uuid) -> anyhow::Result<Option<RawTransaction>> {
+        let sql = format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE id = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| raw_transaction(&row)).transpose()
+    }
+
+    pub(super) async fn find_by_idempotency_key(
+        &self,
+        initiator: i64,
+        key: &str,
+    ) -> anyhow::Result<Option<RawTransaction>> {
+        let sql = format!(
+            "SELECT {TRANSACTION_COLUMNS} FROM transactions \
+             WHERE initiator_id = ?1 AND idempotency_key = ?2"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(initiator)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| raw_transaction(&row)).transpose()
+    }
+
+    pub(super) async fn transaction_count(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub(super) async fn audit_entries(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> anyhow::Result<Vec<AuditEntry>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at \
+             FROM audit_logs WHERE entity_type = ?1 AND entity_id = ?2 ORDER BY created_at, id",
+        )
+        .bind(entity_type)
+        .bind(entity_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    id: Uuid::parse_str(&row.0).context("audit id")?,
+                    entity_type: row.1,
+                    entity_id: row.2,
+                    action: row.3,
+                    actor_user_id: row.4,
+                    details: serde_json::from_str(&row.5).context("audit details")?,
+                    request_id: row.6,
+                    created_at: from_micros(row.7)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn balance_sum(&self) -> anyhow::Result<(i128, i64)> {
+        // TOTAL would go through a float; SUM stays exact (and errors on overflow).
+        let (sum, count): (i64, i64) =
+            sqlx::query_as("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM balances")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((i128::from(sum), count))
+    }
+
+    pub(super) async fn verify(&self, limit: i64) -> anyhow::Result<Vec<Violation>> {
+        let mut violations = Vec::new();
+        for (make, sql) in verify_queries(limit) {
+            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&self.pool)
+                .await?;
+            violations.extend(rows.into_iter().map(|(a, b, c)| make(a, b, c)));
+        }
+        Ok(violations)
+    }
+}
+
+fn raw_transaction(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawTransaction> {
+    use sqlx::Row;
+    let id: String = row.try_get("id")?;
+    Ok(RawTransaction {
+        id: Uuid::parse_str(&id).context("transaction id")?,
+        kind: row.try_get("type")?,
+        status: row.try_get("status")?,
+        from: row.try_get("from_user_id")?,
+        to: row.try_get("to_user_id")?,
+        amount: row.try_get("amount")?,
+        from_version: row.try_get("from_version")?,
+        from_balance_after: row.try_get("from_balance_after")?,
+        to_version: row.try_get("to_version")?,
+        to_balance_after: row.try_get("to_balance_after")?,
+        refund_version: row.try_get("refund_version")?,
+        refund_balance_after: row.try_get("refund_balance_after")?,
+        failure_reason: row.try_get("failure_reason")?,
+        initiator: row.try_get("initiator_id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        completed_at: from_micros(row.try_get("completed_at")?)?,
+    })
+}

@@ -1,0 +1,188 @@
+//! Single movements: outcomes, typed refusals, the registry under races, overload.
+
+use std::sync::Arc;
+
+use tally_actors::{
+    AccountId, Engine, EngineError, ManualClock, MoveRequest, Placement, Refusal, TransactionKind,
+    TransactionStatus,
+};
+use tokio::task::JoinSet;
+
+use crate::on_both_stores;
+use crate::support::{
+    Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts,
+};
+
+async fn a_transfer_moves_money_and_is_journaled_with_balances_after(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    open_accounts(&engine, 2, 100_00).await;
+
+    let record = engine
+        .execute(MoveRequest::transfer(account(1), account(2), amount(30_00)))
+        .await
+        .unwrap();
+    assert_eq!(record.status, TransactionStatus::Completed);
+    assert_eq!(record.kind, TransactionKind::Transfer);
+    assert_eq!(record.from_balance_after(), Some(70_00));
+    assert_eq!(record.to_balance_after(), Some(130_00));
+    assert_eq!(engine.balance(account(1)).await.unwrap().balance, 70_00);
+    assert_eq!(engine.balance(account(2)).await.unwrap().balance, 130_00);
+    assert_eq!(
+        engine.balance(AccountId::EXTERNAL).await.unwrap().balance,
+        -200_00
+    );
+
+    // Strict durability: the record is in the store by the time the call returned.
+    let stored = engine
+        .store()
+        .transaction(record.id)
+        .await
+        .unwrap()
+        .expect("durable");
+    assert_eq!(stored, record);
+    let source = engine
+        .store()
+        .load_account(account(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((source.balance, source.version), (70_00, 2));
+    assert_store_invariants(engine.store()).await;
+    engine.shutdown().await;
+}
+
+async fn a_debit_beyond_the_balance_is_recorded_as_failed_and_moves_nothing(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    open_accounts(&engine, 1, 10_00).await;
+
+    let record = engine
+        .execute(MoveRequest::debit(account(1), amount(10_01)))
+        .await
+        .unwrap();
+    assert_eq!(record.status, TransactionStatus::Failed);
+    assert_eq!(record.failure_reason, Some(Refusal::InsufficientFunds));
+    assert_eq!(
+        (record.debit, record.credit, record.refund),
+        (None, None, None)
+    );
+    assert_eq!(engine.balance(account(1)).await.unwrap().balance, 10_00);
+    assert_eq!(
+        engine.store().transaction(record.id).await.unwrap(),
+        Some(record)
+    );
+    assert_store_invariants(engine.store()).await;
+    engine.shutdown().await;
+}
+
+async fn malformed_movements_are_refused_with_typed_errors_before_anything_moves(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    open_accounts(&engine, 1, 5_00).await;
+    let cases: Vec<(MoveRequest, &str)> = vec![
+        (
+            MoveRequest::transfer(account(1), account(1), amount(1)),
+            "self-transfer",
+        ),
+        (
+            MoveRequest::transfer(AccountId::EXTERNAL, account(1), amount(1)),
+            "transfer from external",
+        ),
+        (
+            MoveRequest::transfer(account(1), account(2), amount(1)).idempotency_key("k"),
+            "key without a user",
+        ),
+        (
+            MoveRequest::transfer(account(1), account(2), amount(1))
+                .initiated_by(1)
+                .idempotency_key("x".repeat(256)),
+            "key too long",
+        ),
+        (
+            MoveRequest::transfer(account(99), account(1), amount(1)),
+            "missing source",
+        ),
+    ];
+    for (request, case) in cases {
+        let error = engine.execute(request).await.expect_err(case);
+        let expected = match case {
+            "self-transfer" => matches!(error, EngineError::SelfTransfer),
+            "missing source" => {
+                matches!(error, EngineError::AccountNotFound(id) if id == account(99))
+            }
+            _ => matches!(error, EngineError::InvalidRequest(_)),
+        };
+        assert!(expected, "{case}: unexpected {error:?}");
+    }
+    assert_eq!(engine.balance(account(1)).await.unwrap().balance, 5_00);
+    // Only the funding credit was recorded.
+    assert_eq!(engine.store().transaction_count().await.unwrap(), 1);
+    engine.shutdown().await;
+}
+
+async fn concurrent_first_messages_to_one_account_activate_one_actor(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    engine.create_account(account(7)).await.unwrap();
+    let mut readers = JoinSet::new();
+    for _ in 0..64 {
+        let engine = engine.clone();
+        readers.spawn(async move { engine.balance(account(7)).await.unwrap().version });
+    }
+    while let Some(version) = readers.join_next().await {
+        assert_eq!(version.unwrap(), 0);
+    }
+    assert_eq!(engine.metrics().actor_activations.get(), 1);
+    assert_eq!(engine.actor_stats(1).active, 1);
+    engine.shutdown().await;
+}
+
+async fn a_full_mailbox_answers_overloaded_instead_of_queueing(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let mut config = config(&db.url);
+    // Everything on this test's own thread: no message is handled until it yields.
+    config.placement = Placement::Current;
+    config.mailbox_capacity = 4;
+    let engine = Engine::open_with_clock(config, Arc::new(ManualClock::new(chrono::Utc::now())))
+        .await
+        .unwrap();
+    open_accounts(&engine, 2, 100_00).await;
+    let mut transfers = JoinSet::new();
+    for _ in 0..32 {
+        let engine = engine.clone();
+        transfers.spawn_local(async move {
+            engine
+                .execute(MoveRequest::transfer(account(1), account(2), amount(1)))
+                .await
+        });
+    }
+    let (mut completed, mut overloaded) = (0, 0);
+    while let Some(result) = transfers.join_next().await {
+        match result.unwrap() {
+            Ok(record) if record.status == TransactionStatus::Completed => completed += 1,
+            Err(EngineError::Overloaded(id)) if id == account(1) => overloaded += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "some transfers must be refused as overloaded"
+    );
+    assert_eq!(completed + overloaded, 32);
+    assert_eq!(
+        engine.balance(account(1)).await.unwrap().balance,
+        100_00 - completed
+    );
+    assert_eq!(engine.metrics().actor_overloaded.get(), overloaded as u64);
+    engine.shutdown().await;
+    assert_store_invariants(&tally_actors::Store::connect(&db.url, 1).await.unwrap()).await;
+}
+
+on_both_stores!(
+    a_transfer_moves_money_and_is_journaled_with_balances_after,
+    a_debit_beyond_the_balance_is_recorded_as_failed_and_moves_nothing,
+    malformed_movements_are_refused_with_typed_errors_before_anything_moves,
+    concurrent_first_messages_to_one_account_activate_one_actor,
+    a_full_mailbox_answers_overloaded_instead_of_queueing,
+);

@@ -1,0 +1,12 @@
+//! Engine tests, each run against PostgreSQL (a fresh database per test on
+//! `DATABASE_URL`) and against an SQLite file.
+
+mod support;
+
+mod basics;
+mod crash;
+mod hammer;
+mod idempotency;
+mod outage;
+mod passivation;
+mod refund;

@@ -1,0 +1,3 @@
+DROP TABLE audit_logs;
+DROP TABLE transactions;
+DROP TABLE balances;
