@@ -246,10 +246,15 @@ impl Store {
 
     /// Create an empty, active account; returns false when it already existed.
     pub async fn create_account(&self, id: AccountId) -> anyhow::Result<bool> {
+        Ok(self.create_accounts(&[id]).await? == 1)
+    }
+
+    /// Create empty, active accounts in one statement; returns how many were new.
+    pub async fn create_accounts(&self, ids: &[AccountId]) -> anyhow::Result<u64> {
         self.faults.check_write()?;
         match &self.backend {
-            Backend::Postgres(store) => store.create_account(id).await,
-            Backend::Sqlite(store) => store.create_account(id).await,
+            Backend::Postgres(store) => store.create_accounts(ids).await,
+            Backend::Sqlite(store) => store.create_accounts(ids).await,
         }
     }
 

@@ -99,14 +99,15 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn create_account(&self, id: AccountId) -> anyhow::Result<bool> {
+    pub(super) async fn create_accounts(&self, ids: &[AccountId]) -> anyhow::Result<u64> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
         let result = sqlx::query(
-            "INSERT INTO balances (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+            "INSERT INTO balances (user_id) SELECT * FROM UNNEST($1::int8[]) ON CONFLICT (user_id) DO NOTHING",
         )
-        .bind(id.get())
+        .bind(ids)
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected() == 1)
+        Ok(result.rows_affected())
     }
 
     pub(super) async fn load_account(

@@ -120,15 +120,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn create_account(&self, id: AccountId) -> anyhow::Result<bool> {
+    pub(super) async fn create_accounts(&self, ids: &[AccountId]) -> anyhow::Result<u64> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
         let result = sqlx::query(
-            "INSERT INTO balances (user_id, last_updated_at) VALUES (?1, ?2) ON CONFLICT (user_id) DO NOTHING",
+            "INSERT INTO balances (user_id, last_updated_at) SELECT value, ?2 FROM json_each(?1) WHERE true \
+             ON CONFLICT (user_id) DO NOTHING",
         )
-        .bind(id.get())
+        .bind(serde_json::to_string(&ids)?)
         .bind(micros(Utc::now()))
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected() == 1)
+        Ok(result.rows_affected())
     }
 
     pub(super) async fn load_account(

@@ -222,6 +222,19 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut ch
     }
 }
 
+/// Log to the test's output when `RUST_LOG` asks for it.
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 /// Run an async test function against both stores.
 #[macro_export]
 macro_rules! on_both_stores {
@@ -230,11 +243,13 @@ macro_rules! on_both_stores {
             mod $test {
                 #[actix_rt::test]
                 async fn on_postgres() {
+                    $crate::support::init_logging();
                     super::$test($crate::support::Backend::Postgres).await
                 }
 
                 #[actix_rt::test]
                 async fn on_sqlite() {
+                    $crate::support::init_logging();
                     super::$test($crate::support::Backend::Sqlite).await
                 }
             }
