@@ -91,7 +91,7 @@ async fn run(
     let config = EngineConfig {
         database_url: url.to_string(),
         durability,
-        placement: Placement::Arbiters(2),
+        placement: Placement::Arbiters(setting("BENCH_ARBITERS", 2)),
         flush_delay_max: Duration::from_micros(setting("BENCH_FLUSH_DELAY_US", 0)),
         ..EngineConfig::default()
     };
@@ -115,7 +115,9 @@ async fn run(
         done??;
     }
     // Callers run on arbiters of their own, as HTTP workers would.
-    let clients: Vec<Arbiter> = (0..2).map(|_| Arbiter::new()).collect();
+    let clients: Vec<Arbiter> = (0..setting("BENCH_CLIENT_ARBITERS", 2))
+        .map(|_| Arbiter::new())
+        .collect();
     println!(
         "engine benchmark: PostgreSQL, {} durability, {callers} callers, {accounts} accounts, {seconds} s per shape",
         durability.as_str()

@@ -24,6 +24,8 @@ pub mod record;
 mod registry;
 mod shared;
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use account::{AccountEffect, AccountState, AccountStatus, Refusal, StatusChangeRefusal};
 pub use clock::{Clock, ManualClock, SystemClock};
