@@ -27,8 +27,8 @@ use crate::shared::Shared;
 /// Why an actor could not apply a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StepError {
-    /// The balance logic refused the change.
-    Refused(Refusal),
+    /// The balance logic refused the change; the account is still at `version`.
+    Refused { refusal: Refusal, version: u64 },
     /// The account does not exist in the store.
     NotFound,
     /// The account could not be loaded (the store is unreachable).
@@ -192,9 +192,10 @@ impl Handler<Debit> for AccountActor {
     fn handle(&mut self, message: Debit, _ctx: &mut Self::Context) -> Self::Result {
         let began = self.received();
         let result = self.state().and_then(|state| {
+            let version = state.version;
             state
                 .debit(message.amount, message.at)
-                .map_err(StepError::Refused)
+                .map_err(|refusal| StepError::Refused { refusal, version })
         });
         self.handled("debit", began);
         result
@@ -215,9 +216,10 @@ impl Handler<Credit> for AccountActor {
     fn handle(&mut self, message: Credit, _ctx: &mut Self::Context) -> Self::Result {
         let began = self.received();
         let result = self.state().and_then(|state| {
+            let version = state.version;
             state
                 .credit(message.amount, message.at)
-                .map_err(StepError::Refused)
+                .map_err(|refusal| StepError::Refused { refusal, version })
         });
         self.handled("credit", began);
         result

@@ -430,7 +430,7 @@ fn step_error(id: AccountId, error: StepError) -> EngineError {
     match error {
         StepError::NotFound => EngineError::AccountNotFound(id),
         StepError::Unavailable => EngineError::Unavailable("an account could not be loaded"),
-        StepError::Refused(refusal) => EngineError::Refused(refusal),
+        StepError::Refused { refusal, .. } => EngineError::Refused(refusal),
     }
 }
 
@@ -560,6 +560,7 @@ async fn apply(
         debit: None,
         credit: None,
         refund: None,
+        refused_version: None,
         failure_reason: None,
         initiator: request.initiator,
         idempotency_key: request.idempotency_key.clone(),
@@ -568,8 +569,9 @@ async fn apply(
     };
     let debited = match debit {
         Ok(effect) => effect,
-        Err(StepError::Refused(refusal)) => {
+        Err(StepError::Refused { refusal, version }) => {
             record.failure_reason = Some(refusal);
+            record.refused_version = Some(version);
             metrics
                 .transfers
                 .with_label_values(&[request.kind.as_str(), "failed"])
@@ -615,7 +617,7 @@ async fn apply(
                 .inc_by(request.amount.minor() as u64);
             return Ok((record, vec![debited, credited]));
         }
-        Ok(Err(StepError::Refused(refusal))) => refusal,
+        Ok(Err(StepError::Refused { refusal, .. })) => refusal,
         Ok(Err(StepError::NotFound)) => Refusal::AccountNotFound,
         Ok(Err(StepError::Unavailable)) | Err(_) => Refusal::TargetUnavailable,
     };

@@ -96,6 +96,10 @@ pub struct TransactionRecord {
     pub credit: Option<JournalPosition>,
     /// The source right after the refund (present only when rolled back).
     pub refund: Option<JournalPosition>,
+    /// For a debit the source refused: its version at that moment, which places the
+    /// failed attempt in the source's history (it moved nothing, so it is not a journal
+    /// entry).
+    pub refused_version: Option<u64>,
     pub failure_reason: Option<Refusal>,
     /// The user on whose behalf the transaction was requested; idempotency keys are
     /// scoped to this user.

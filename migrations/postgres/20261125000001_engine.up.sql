@@ -38,6 +38,9 @@ CREATE TABLE transactions (
 -- Each account's journal, in its own order, from both sides.
 CREATE INDEX transactions_from_journal ON transactions (from_user_id, from_version);
 CREATE INDEX transactions_to_journal ON transactions (to_user_id, to_version);
+-- Refunds are journal entries of the source too; only rolled-back rows are indexed.
+CREATE INDEX transactions_refund_journal ON transactions (from_user_id, refund_version)
+    WHERE refund_version IS NOT NULL;
 -- Idempotency keys are scoped to the requesting user; only keyed rows are indexed.
 CREATE UNIQUE INDEX transactions_idempotency_key ON transactions (initiator_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;

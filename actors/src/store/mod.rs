@@ -362,7 +362,7 @@ impl Store {
 /// SQL shared by both stores: the journal as entries, derived from the transactions rows.
 const JOURNAL_ENTRIES: &str = "
     SELECT from_user_id AS account, from_version AS version, -amount AS delta, from_balance_after AS balance_after
-      FROM transactions WHERE from_version IS NOT NULL
+      FROM transactions WHERE from_balance_after IS NOT NULL
     UNION ALL
     SELECT to_user_id, to_version, amount, to_balance_after
       FROM transactions WHERE to_version IS NOT NULL
@@ -484,7 +484,16 @@ impl RawTransaction {
             from: AccountId::new(self.from)?,
             to: AccountId::new(self.to)?,
             amount: Amount::from_minor(self.amount)?,
-            debit: position(self.from_version, self.from_balance_after)?,
+            debit: match (self.from_version, self.from_balance_after) {
+                (Some(_), None) => None,
+                (version, balance_after) => position(version, balance_after)?,
+            },
+            refused_version: match (self.from_version, self.from_balance_after) {
+                (Some(version), None) => {
+                    Some(u64::try_from(version).context("negative refusal version")?)
+                }
+                _ => None,
+            },
             credit: position(self.to_version, self.to_balance_after)?,
             refund: position(self.refund_version, self.refund_balance_after)?,
             failure_reason: self

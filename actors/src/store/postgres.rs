@@ -156,7 +156,12 @@ impl PgStore {
                     .map(|t| t.amount.minor())
                     .collect::<Vec<_>>(),
             )
-            .bind(column(&|t| t.debit.map(|p| version_i64(p.version))))
+            .bind(column(&|t| {
+                t.debit
+                    .map(|p| p.version)
+                    .or(t.refused_version)
+                    .map(version_i64)
+            }))
             .bind(column(&|t| t.debit.map(|p| p.balance_after)))
             .bind(column(&|t| t.credit.map(|p| version_i64(p.version))))
             .bind(column(&|t| t.credit.map(|p| p.balance_after)))

@@ -157,7 +157,10 @@ impl SqliteStore {
                     t.from.get(),
                     t.to.get(),
                     t.amount.minor(),
-                    t.debit.map(|p| version_i64(p.version)),
+                    t.debit
+                        .map(|p| p.version)
+                        .or(t.refused_version)
+                        .map(version_i64),
                     t.debit.map(|p| p.balance_after),
                     t.credit.map(|p| version_i64(p.version)),
                     t.credit.map(|p| p.balance_after),
