@@ -1,0 +1,34 @@
+-- Users and their refresh tokens. A user's account is the balances row with the same id,
+-- so user ids start at 1: id 0 is the system `external` account and never a user.
+
+CREATE TABLE users (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY CHECK (id > 0),
+    username      TEXT NOT NULL,
+    email         TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+    created_at    TIMESTAMPTZ NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL,
+    deleted_at    TIMESTAMPTZ
+);
+
+-- Usernames and emails are unique whatever their case, deleted users included (a name
+-- once used is never handed to someone else). The store maps a violation of either
+-- index to a typed error by the index's name, so these names are part of the contract.
+CREATE UNIQUE INDEX users_username_lower ON users (lower(username));
+CREATE UNIQUE INDEX users_email_lower ON users (lower(email));
+
+CREATE TABLE refresh_tokens (
+    id         UUID PRIMARY KEY,
+    user_id    BIGINT NOT NULL REFERENCES users (id),
+    -- Every token rotated from one login shares its family; reusing a spent token
+    -- revokes the whole family.
+    family     UUID NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    used_at    TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ
+);
+
+CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
