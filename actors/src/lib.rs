@@ -6,7 +6,8 @@
 //!   passivated when idle, spread over one arbiter per core;
 //! * [`engine`] — the public handle and the coordinator (debit → credit → refund);
 //! * [`persister`] — batching group commits with strict or relaxed durability;
-//! * [`store`] — the database behind one interface.
+//! * [`store`] — the database behind one interface, including what the service reads
+//!   and writes directly: users, refresh tokens and audit rows.
 //!
 //! The invariants it keeps are those of design.md §11; [`Store::verify`] checks them.
 
@@ -39,4 +40,7 @@ pub use persister::PersisterStatus;
 pub use record::{
     AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
 };
-pub use store::{DEFAULT_DATABASE_URL, Faults, Store, StoreKind, Violation};
+pub use store::{
+    DEFAULT_DATABASE_URL, Faults, NewUser, PAGE_SIZE_MAX, RefreshToken, RefreshUse, Role, Store,
+    StoreKind, UserChanges, UserRecord, UserWriteError, Violation,
+};

@@ -6,9 +6,13 @@
 //! transaction with set-based statements. Batch writes are idempotent (rows are keyed by
 //! engine-generated ids and balance rows only move forward in version), so a batch whose
 //! commit outcome was lost with the connection can simply be written again.
+//!
+//! The service writes users ([`UserRecord`]), refresh tokens ([`RefreshToken`]) and
+//! administrative audit rows directly.
 
 mod postgres;
 mod sqlite;
+mod users;
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,10 +24,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal};
+use crate::clock::{Clock, SystemClock};
 use crate::money::{AccountId, Amount};
 use crate::record::{
     AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
 };
+
+pub use users::{NewUser, RefreshToken, RefreshUse, Role, UserChanges, UserRecord, UserWriteError};
 
 /// The default store: an SQLite file under `./data/`, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/tally.db";
@@ -153,6 +160,16 @@ pub struct Store {
 enum Backend {
     Postgres(postgres::PgStore),
     Sqlite(sqlite::SqliteStore),
+}
+
+/// The most rows one page of users may hold; larger requests are clamped. A page is
+/// built in memory and sent as one response, so this bounds both; 1000 rows still let
+/// a client walk a long list in few round trips.
+pub const PAGE_SIZE_MAX: i64 = 1000;
+
+/// A requested page size within `0..=PAGE_SIZE_MAX`.
+fn page_size(limit: i64) -> i64 {
+    limit.clamp(0, PAGE_SIZE_MAX)
 }
 
 /// How long a caller waits for a pooled connection before the store counts as
@@ -356,6 +373,241 @@ impl Store {
         };
         violations.extend(found);
         Ok(violations)
+    }
+
+    /// Create a user, its empty and active account (the balances row with the user's
+    /// id) and the audit row recording it, in one database transaction. The audit
+    /// entry's `entity_id` is replaced by the new user's id, which only the database
+    /// knows. If a balances row with the new id already exists (an account created
+    /// without a user) nothing is written and the store error says so: a new user never
+    /// inherits someone's money.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn create_user(
+        &self,
+        user: &NewUser,
+        audit: &AuditEntry,
+    ) -> Result<UserRecord, UserWriteError> {
+        self.faults.check_write().map_err(UserWriteError::Store)?;
+        let now = SystemClock.now();
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.create_user(user, audit, now).await?,
+            Backend::Sqlite(store) => store.create_user(user, audit, now).await?,
+        };
+        raw.into_record().map_err(UserWriteError::Store)
+    }
+
+    /// The user with this id, deleted or not.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn user(&self, id: i64) -> anyhow::Result<Option<UserRecord>> {
+        self.faults.check_read()?;
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.user(id).await?,
+            Backend::Sqlite(store) => store.user(id).await?,
+        };
+        raw.map(RawUser::into_record).transpose()
+    }
+
+    /// The user with this username in any letter case, unless deleted.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn user_by_username(&self, username: &str) -> anyhow::Result<Option<UserRecord>> {
+        self.faults.check_read()?;
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.user_by_username(username).await?,
+            Backend::Sqlite(store) => store.user_by_username(username).await?,
+        };
+        raw.map(RawUser::into_record).transpose()
+    }
+
+    /// One page of the users not deleted, by ascending id: those after `after_id` (the
+    /// last id of the previous page), at most `limit` (clamped to [`PAGE_SIZE_MAX`]).
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn users(
+        &self,
+        after_id: Option<i64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<UserRecord>> {
+        self.faults.check_read()?;
+        let limit = page_size(limit);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Ids start at 1, so 0 is before every user.
+        let after_id = after_id.unwrap_or(0);
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.users(after_id, limit).await?,
+            Backend::Sqlite(store) => store.users(after_id, limit).await?,
+        };
+        raw.into_iter().map(RawUser::into_record).collect()
+    }
+
+    /// How many users are not deleted.
+    pub async fn user_count(&self) -> anyhow::Result<i64> {
+        self.faults.check_read()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.user_count().await,
+            Backend::Sqlite(store) => store.user_count().await,
+        }
+    }
+
+    /// Change the given fields of a user that is not deleted, stamp `updated_at` and
+    /// write the audit rows, in one database transaction; the audit rows are written
+    /// only if the user was changed. Empty changes only stamp `updated_at`.
+    #[tracing::instrument(level = "debug", skip(self, changes, audit))]
+    pub async fn update_user(
+        &self,
+        id: i64,
+        changes: &UserChanges,
+        audit: &[AuditEntry],
+    ) -> Result<UserRecord, UserWriteError> {
+        self.faults.check_write().map_err(UserWriteError::Store)?;
+        let now = SystemClock.now();
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.update_user(id, changes, audit, now).await?,
+            Backend::Sqlite(store) => store.update_user(id, changes, audit, now).await?,
+        };
+        raw.ok_or(UserWriteError::NotFound)?
+            .into_record()
+            .map_err(UserWriteError::Store)
+    }
+
+    /// Delete a user softly (`deleted_at` and `updated_at` become now; it stays readable
+    /// by id and its username and email stay taken), revoke all its refresh tokens and
+    /// write the audit row, in one database transaction. The account is left as it is:
+    /// its balance and journal belong to the ledger.
+    #[tracing::instrument(level = "debug", skip(self, audit))]
+    pub async fn delete_user(
+        &self,
+        id: i64,
+        audit: &AuditEntry,
+    ) -> Result<UserRecord, UserWriteError> {
+        self.faults.check_write().map_err(UserWriteError::Store)?;
+        let now = SystemClock.now();
+        let raw = match &self.backend {
+            Backend::Postgres(store) => store.delete_user(id, audit, now).await?,
+            Backend::Sqlite(store) => store.delete_user(id, audit, now).await?,
+        };
+        raw.ok_or(UserWriteError::NotFound)?
+            .into_record()
+            .map_err(UserWriteError::Store)
+    }
+
+    /// Write audit rows in one statement. Rows are keyed by their ids, so writing the
+    /// same entries again changes nothing.
+    #[tracing::instrument(level = "debug", skip_all, fields(entries = entries.len()))]
+    pub async fn append_audit(&self, entries: &[AuditEntry]) -> anyhow::Result<()> {
+        self.faults.check_write()?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Postgres(store) => store.append_audit(entries).await,
+            Backend::Sqlite(store) => store.append_audit(entries).await,
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = token.user_id))]
+    pub async fn insert_refresh_token(&self, token: &RefreshToken) -> anyhow::Result<()> {
+        self.faults.check_write()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.insert_refresh_token(token).await,
+            Backend::Sqlite(store) => store.insert_refresh_token(token).await,
+        }
+    }
+
+    /// Spend a refresh token, atomically: of any number of concurrent uses of one valid
+    /// token exactly one is [`RefreshUse::Fresh`] and the others are
+    /// [`RefreshUse::Reused`]. A token expired at `now` and never used is unknown.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn use_refresh_token(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<RefreshUse> {
+        self.faults.check_write()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.use_refresh_token(id, now).await,
+            Backend::Sqlite(store) => store.use_refresh_token(id, now).await,
+        }
+    }
+
+    /// Revoke every token of a family not yet revoked; returns how many were.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn revoke_refresh_family(
+        &self,
+        family: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        self.faults.check_write()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.revoke_refresh_family(family, now).await,
+            Backend::Sqlite(store) => store.revoke_refresh_family(family, now).await,
+        }
+    }
+
+    /// Revoke every token of a user not yet revoked; returns how many were.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        self.faults.check_write()?;
+        match &self.backend {
+            Backend::Postgres(store) => store.revoke_user_refresh_tokens(user_id, now).await,
+            Backend::Sqlite(store) => store.revoke_user_refresh_tokens(user_id, now).await,
+        }
+    }
+}
+
+/// The unique indexes of `users` whose violation is the caller's to handle, recognised
+/// by name (see the users migration); any other violation is a store error.
+const USERNAME_INDEX: &str = "users_username_lower";
+const EMAIL_INDEX: &str = "users_email_lower";
+
+/// A failed user write as the caller sees it; `violated_index` is the unique index the
+/// database named, if the failure was a unique violation.
+fn user_write_error(
+    error: sqlx::Error,
+    violated_index: Option<&str>,
+    doing: &'static str,
+) -> UserWriteError {
+    match violated_index {
+        Some(USERNAME_INDEX) => UserWriteError::UsernameTaken,
+        Some(EMAIL_INDEX) => UserWriteError::EmailTaken,
+        _ => UserWriteError::Store(anyhow::Error::new(error).context(doing)),
+    }
+}
+
+/// The columns of a users row, in the order both stores return them.
+const USER_COLUMNS: &str =
+    "id, username, email, password_hash, role, created_at, updated_at, deleted_at";
+
+/// A users row, common to both stores once times are converted.
+#[derive(Debug)]
+struct RawUser {
+    id: i64,
+    username: String,
+    email: String,
+    password_hash: String,
+    role: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl RawUser {
+    fn into_record(self) -> anyhow::Result<UserRecord> {
+        Ok(UserRecord {
+            id: self.id,
+            role: Role::parse(&self.role)
+                .with_context(|| format!("unknown role {:?}", self.role))?,
+            username: self.username,
+            email: self.email,
+            password_hash: self.password_hash,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+        })
     }
 }
 

@@ -7,10 +7,16 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::error::ErrorKind;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
-use super::{Batch, RawTransaction, TRANSACTION_COLUMNS, Violation, verify_queries, version_i64};
+use super::{
+    Batch, NewUser, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
+    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
+    version_i64,
+};
 use crate::money::AccountId;
 use crate::record::AuditEntry;
 
@@ -23,6 +29,17 @@ type AuditRow = (
     serde_json::Value,
     Option<String>,
     chrono::DateTime<chrono::Utc>,
+);
+
+type UserRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
 );
 
 #[derive(Clone, Debug)]
@@ -58,6 +75,71 @@ WITH new_transactions AS (
 )
 SELECT (SELECT COUNT(*) FROM new_transactions) + (SELECT COUNT(*) FROM updated_balances)
      + (SELECT COUNT(*) FROM new_audit)";
+
+/// A user, its account and its audit row: one statement, so one transaction. The
+/// account and audit inserts read the new id from the users insert.
+const CREATE_USER: &str = "
+WITH new_user AS (
+    INSERT INTO users (username, email, password_hash, role, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $5)
+    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at
+), new_account AS (
+    INSERT INTO balances (user_id, last_updated_at) SELECT id, created_at FROM new_user
+), new_audit AS (
+    INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
+    SELECT $6, $7, id::text, $8, $9, $10, $11, $12 FROM new_user
+)
+SELECT * FROM new_user";
+
+/// Only the given fields change (a NULL parameter keeps the column); the audit rows are
+/// written only when a user was updated.
+const UPDATE_USER: &str = "
+WITH updated AS (
+    UPDATE users
+       SET username = COALESCE($2, username), email = COALESCE($3, email),
+           password_hash = COALESCE($4, password_hash), role = COALESCE($5, role),
+           updated_at = $6
+     WHERE id = $1 AND deleted_at IS NULL
+    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at
+), new_audit AS (
+    INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
+    SELECT * FROM UNNEST($7::uuid[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::jsonb[],
+                         $13::text[], $14::timestamptz[])
+     WHERE EXISTS (SELECT 1 FROM updated)
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT * FROM updated";
+
+/// The soft delete, the revocation of the user's refresh tokens and the audit row, all
+/// conditional on the user being there and not deleted yet.
+const DELETE_USER: &str = "
+WITH deleted AS (
+    UPDATE users SET deleted_at = $2, updated_at = $2
+     WHERE id = $1 AND deleted_at IS NULL
+    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at
+), revoked AS (
+    UPDATE refresh_tokens SET revoked_at = $2
+     WHERE user_id IN (SELECT id FROM deleted) AND revoked_at IS NULL
+), new_audit AS (
+    INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
+    SELECT $3, $4, $5, $6, $7, $8, $9, $10 FROM deleted
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT * FROM deleted";
+
+const INSERT_AUDIT: &str = "
+INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
+SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::jsonb[],
+                     $7::text[], $8::timestamptz[])
+ON CONFLICT (id) DO NOTHING";
+
+/// Spends the token only if it is still valid. Under concurrent uses the row lock
+/// serializes the updates and each re-checks the condition on the row as the previous
+/// one left it, so exactly one matches.
+const SPEND_REFRESH_TOKEN: &str = "
+UPDATE refresh_tokens SET used_at = $2
+ WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2
+RETURNING user_id, family";
 
 impl PgStore {
     pub(super) async fn connect(
@@ -128,7 +210,7 @@ impl PgStore {
             |f: &dyn Fn(&crate::record::TransactionRecord) -> Option<i64>| -> Vec<Option<i64>> {
                 transactions.iter().map(f).collect()
             };
-        let audit = &batch.audit;
+        let audit = AuditColumns::of(&batch.audit);
         sqlx::query(WRITE_BATCH)
             .bind(transactions.iter().map(|t| t.id).collect::<Vec<Uuid>>())
             .bind(
@@ -216,29 +298,14 @@ impl PgStore {
                     .collect::<Vec<_>>(),
             )
             .bind(batch.balances.iter().map(|b| b.at).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.id).collect::<Vec<_>>())
-            .bind(
-                audit
-                    .iter()
-                    .map(|a| a.entity_type.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                audit
-                    .iter()
-                    .map(|a| a.entity_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.actor_user_id).collect::<Vec<_>>())
-            .bind(audit.iter().map(|a| a.details.clone()).collect::<Vec<_>>())
-            .bind(
-                audit
-                    .iter()
-                    .map(|a| a.request_id.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(audit.iter().map(|a| a.created_at).collect::<Vec<_>>())
+            .bind(audit.ids)
+            .bind(audit.entity_types)
+            .bind(audit.entity_ids)
+            .bind(audit.actions)
+            .bind(audit.actor_user_ids)
+            .bind(audit.details)
+            .bind(audit.request_ids)
+            .bind(audit.created_ats)
             .execute(&self.pool)
             .await
             .context("writing a batch to PostgreSQL")?;
@@ -325,6 +392,219 @@ impl PgStore {
         }
         Ok(violations)
     }
+
+    pub(super) async fn create_user(
+        &self,
+        user: &NewUser,
+        audit: &AuditEntry,
+        now: DateTime<Utc>,
+    ) -> Result<RawUser, UserWriteError> {
+        let row: UserRow = sqlx::query_as(CREATE_USER)
+            .bind(&user.username)
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(user.role.as_str())
+            .bind(now)
+            .bind(audit.id)
+            .bind(&audit.entity_type)
+            .bind(&audit.action)
+            .bind(audit.actor_user_id)
+            .bind(&audit.details)
+            .bind(&audit.request_id)
+            .bind(audit.created_at)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|error| write_error(error, "creating a user"))?;
+        Ok(raw_user(row))
+    }
+
+    pub(super) async fn user(&self, id: i64) -> anyhow::Result<Option<RawUser>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(raw_user))
+    }
+
+    pub(super) async fn user_by_username(&self, username: &str) -> anyhow::Result<Option<RawUser>> {
+        // lower(username) is what the unique index holds, so this is an index lookup.
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL"
+        );
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(raw_user))
+    }
+
+    pub(super) async fn users(&self, after_id: i64, limit: i64) -> anyhow::Result<Vec<RawUser>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2"
+        );
+        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(raw_user).collect())
+    }
+
+    pub(super) async fn user_count(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE deleted_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn update_user(
+        &self,
+        id: i64,
+        changes: &UserChanges,
+        audit: &[AuditEntry],
+        now: DateTime<Utc>,
+    ) -> Result<Option<RawUser>, UserWriteError> {
+        let audit = AuditColumns::of(audit);
+        let row: Option<UserRow> = sqlx::query_as(UPDATE_USER)
+            .bind(id)
+            .bind(&changes.username)
+            .bind(&changes.email)
+            .bind(&changes.password_hash)
+            .bind(changes.role.map(|role| role.as_str()))
+            .bind(now)
+            .bind(audit.ids)
+            .bind(audit.entity_types)
+            .bind(audit.entity_ids)
+            .bind(audit.actions)
+            .bind(audit.actor_user_ids)
+            .bind(audit.details)
+            .bind(audit.request_ids)
+            .bind(audit.created_ats)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| write_error(error, "updating a user"))?;
+        Ok(row.map(raw_user))
+    }
+
+    pub(super) async fn delete_user(
+        &self,
+        id: i64,
+        audit: &AuditEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RawUser>, UserWriteError> {
+        let row: Option<UserRow> = sqlx::query_as(DELETE_USER)
+            .bind(id)
+            .bind(now)
+            .bind(audit.id)
+            .bind(&audit.entity_type)
+            .bind(&audit.entity_id)
+            .bind(&audit.action)
+            .bind(audit.actor_user_id)
+            .bind(&audit.details)
+            .bind(&audit.request_id)
+            .bind(audit.created_at)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| write_error(error, "deleting a user"))?;
+        Ok(row.map(raw_user))
+    }
+
+    pub(super) async fn append_audit(&self, entries: &[AuditEntry]) -> anyhow::Result<()> {
+        let audit = AuditColumns::of(entries);
+        sqlx::query(INSERT_AUDIT)
+            .bind(audit.ids)
+            .bind(audit.entity_types)
+            .bind(audit.entity_ids)
+            .bind(audit.actions)
+            .bind(audit.actor_user_ids)
+            .bind(audit.details)
+            .bind(audit.request_ids)
+            .bind(audit.created_ats)
+            .execute(&self.pool)
+            .await
+            .context("inserting audit rows")?;
+        Ok(())
+    }
+
+    pub(super) async fn insert_refresh_token(&self, token: &RefreshToken) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, user_id, family, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token.id)
+        .bind(token.user_id)
+        .bind(token.family)
+        .bind(token.expires_at)
+        .bind(token.created_at)
+        .execute(&self.pool)
+        .await
+        .context("inserting a refresh token")?;
+        Ok(())
+    }
+
+    pub(super) async fn use_refresh_token(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<RefreshUse> {
+        let spent: Option<(i64, Uuid)> = sqlx::query_as(SPEND_REFRESH_TOKEN)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .context("spending a refresh token")?;
+        if let Some((user_id, family)) = spent {
+            return Ok(RefreshUse::Fresh { user_id, family });
+        }
+        // Used and revoked are final states, so this reads a state no later use can
+        // change back.
+        let found: Option<(i64, Uuid, bool)> = sqlx::query_as(
+            "SELECT user_id, family, used_at IS NOT NULL OR revoked_at IS NOT NULL \
+             FROM refresh_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up a refresh token")?;
+        Ok(match found {
+            Some((user_id, family, true)) => RefreshUse::Reused { user_id, family },
+            _ => RefreshUse::Unknown,
+        })
+    }
+
+    pub(super) async fn revoke_refresh_family(
+        &self,
+        family: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        let result = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
+        )
+        .bind(family)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .context("revoking a refresh token family")?;
+        Ok(result.rows_affected())
+    }
+
+    pub(super) async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        let result = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .context("revoking a user's refresh tokens")?;
+        Ok(result.rows_affected())
+    }
 }
 
 fn raw_transaction(row: &sqlx::postgres::PgRow) -> anyhow::Result<RawTransaction> {
@@ -348,6 +628,71 @@ fn raw_transaction(row: &sqlx::postgres::PgRow) -> anyhow::Result<RawTransaction
         created_at: row.try_get("created_at")?,
         completed_at: row.try_get("completed_at")?,
     })
+}
+
+/// The unique index a failed write violated, as PostgreSQL names it.
+fn violated_unique_index(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(database) if database.kind() == ErrorKind::UniqueViolation => {
+            database.constraint()
+        }
+        _ => None,
+    }
+}
+
+fn write_error(error: sqlx::Error, doing: &'static str) -> UserWriteError {
+    let index = violated_unique_index(&error).map(str::to_owned);
+    user_write_error(error, index.as_deref(), doing)
+}
+
+fn raw_user(row: UserRow) -> RawUser {
+    let (id, username, email, password_hash, role, created_at, updated_at, deleted_at) = row;
+    RawUser {
+        id,
+        username,
+        email,
+        password_hash,
+        role,
+        created_at,
+        updated_at,
+        deleted_at,
+    }
+}
+
+/// Audit entries as one array per column, for UNNEST.
+struct AuditColumns<'a> {
+    ids: Vec<Uuid>,
+    entity_types: Vec<&'a str>,
+    entity_ids: Vec<&'a str>,
+    actions: Vec<&'a str>,
+    actor_user_ids: Vec<Option<i64>>,
+    details: Vec<&'a serde_json::Value>,
+    request_ids: Vec<Option<&'a str>>,
+    created_ats: Vec<DateTime<Utc>>,
+}
+
+impl<'a> AuditColumns<'a> {
+    fn of(entries: &'a [AuditEntry]) -> Self {
+        AuditColumns {
+            ids: entries.iter().map(|entry| entry.id).collect(),
+            entity_types: entries
+                .iter()
+                .map(|entry| entry.entity_type.as_str())
+                .collect(),
+            entity_ids: entries
+                .iter()
+                .map(|entry| entry.entity_id.as_str())
+                .collect(),
+            actions: entries.iter().map(|entry| entry.action.as_str()).collect(),
+            actor_user_ids: entries.iter().map(|entry| entry.actor_user_id).collect(),
+            details: entries.iter().map(|entry| &entry.details).collect(),
+            request_ids: entries
+                .iter()
+                .map(|entry| entry.request_id.as_deref())
+                .collect(),
+            created_ats: entries.iter().map(|entry| entry.created_at).collect(),
+        }
+    }
 }
 
 /// The URL without its password, for messages.

@@ -10,12 +10,17 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use uuid::Uuid;
 
-use super::{Batch, RawTransaction, TRANSACTION_COLUMNS, Violation, verify_queries, version_i64};
+use super::{
+    Batch, NewUser, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
+    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
+    version_i64,
+};
 use crate::money::AccountId;
 use crate::record::AuditEntry;
 
@@ -29,6 +34,8 @@ type AuditRow = (
     Option<String>,
     i64,
 );
+
+type UserRow = (i64, String, String, String, String, i64, i64, Option<i64>);
 
 #[derive(Clone, Debug)]
 pub(super) struct SqliteStore {
@@ -60,6 +67,13 @@ INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, detai
 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
   FROM json_each(?1) WHERE true
 ON CONFLICT (id) DO NOTHING";
+
+/// Spends the token only if it is still valid. SQLite runs one write at a time, so of
+/// concurrent uses exactly one finds the token unspent.
+const SPEND_REFRESH_TOKEN: &str = "
+UPDATE refresh_tokens SET used_at = ?2
+ WHERE id = ?1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?2
+RETURNING user_id, family";
 
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
@@ -188,23 +202,6 @@ impl SqliteStore {
                 ])
             })
             .collect();
-        let audit: Vec<_> = batch
-            .audit
-            .iter()
-            .map(|a| {
-                json!([
-                    a.id.to_string(),
-                    a.entity_type,
-                    a.entity_id,
-                    a.action,
-                    a.actor_user_id,
-                    a.details.to_string(),
-                    a.request_id,
-                    micros(a.created_at)
-                ])
-            })
-            .collect();
-
         let mut transaction = self.pool.begin().await?;
         if !transactions.is_empty() {
             sqlx::query(INSERT_TRANSACTIONS)
@@ -220,9 +217,9 @@ impl SqliteStore {
                 .await
                 .context("updating balances")?;
         }
-        if !audit.is_empty() {
+        if !batch.audit.is_empty() {
             sqlx::query(INSERT_AUDIT)
-                .bind(serde_json::Value::Array(audit).to_string())
+                .bind(audit_json(&batch.audit))
                 .execute(&mut *transaction)
                 .await
                 .context("inserting audit rows")?;
@@ -314,6 +311,260 @@ impl SqliteStore {
         }
         Ok(violations)
     }
+
+    pub(super) async fn create_user(
+        &self,
+        user: &NewUser,
+        audit: &AuditEntry,
+        now: DateTime<Utc>,
+    ) -> Result<RawUser, UserWriteError> {
+        let doing = "creating a user";
+        let fail = |error| write_error(error, doing);
+        let mut transaction = self.pool.begin().await.map_err(fail)?;
+        let sql = format!(
+            "INSERT INTO users (username, email, password_hash, role, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING {USER_COLUMNS}"
+        );
+        let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&user.username)
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(user.role.as_str())
+            .bind(micros(now))
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(fail)?;
+        let user = raw_user(row).map_err(UserWriteError::Store)?;
+        sqlx::query("INSERT INTO balances (user_id, last_updated_at) VALUES (?1, ?2)")
+            .bind(user.id)
+            .bind(micros(now))
+            .execute(&mut *transaction)
+            .await
+            .map_err(fail)?;
+        let audit = AuditEntry {
+            entity_id: user.id.to_string(),
+            ..audit.clone()
+        };
+        sqlx::query(INSERT_AUDIT)
+            .bind(audit_json(std::slice::from_ref(&audit)))
+            .execute(&mut *transaction)
+            .await
+            .map_err(fail)?;
+        transaction.commit().await.map_err(fail)?;
+        Ok(user)
+    }
+
+    pub(super) async fn user(&self, id: i64) -> anyhow::Result<Option<RawUser>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(raw_user).transpose()
+    }
+
+    pub(super) async fn user_by_username(&self, username: &str) -> anyhow::Result<Option<RawUser>> {
+        // lower(username) is what the unique index holds, so this is an index lookup.
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower(?1) AND deleted_at IS NULL"
+        );
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(raw_user).transpose()
+    }
+
+    pub(super) async fn users(&self, after_id: i64, limit: i64) -> anyhow::Result<Vec<RawUser>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 AND deleted_at IS NULL ORDER BY id LIMIT ?2"
+        );
+        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(raw_user).collect()
+    }
+
+    pub(super) async fn user_count(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE deleted_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn update_user(
+        &self,
+        id: i64,
+        changes: &UserChanges,
+        audit: &[AuditEntry],
+        now: DateTime<Utc>,
+    ) -> Result<Option<RawUser>, UserWriteError> {
+        let doing = "updating a user";
+        let fail = |error| write_error(error, doing);
+        let mut transaction = self.pool.begin().await.map_err(fail)?;
+        // Only the given fields change: a NULL parameter keeps the column.
+        let sql = format!(
+            "UPDATE users SET username = COALESCE(?2, username), email = COALESCE(?3, email), \
+                    password_hash = COALESCE(?4, password_hash), role = COALESCE(?5, role), \
+                    updated_at = ?6 \
+              WHERE id = ?1 AND deleted_at IS NULL RETURNING {USER_COLUMNS}"
+        );
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&changes.username)
+            .bind(&changes.email)
+            .bind(&changes.password_hash)
+            .bind(changes.role.map(|role| role.as_str()))
+            .bind(micros(now))
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(fail)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if !audit.is_empty() {
+            sqlx::query(INSERT_AUDIT)
+                .bind(audit_json(audit))
+                .execute(&mut *transaction)
+                .await
+                .map_err(fail)?;
+        }
+        transaction.commit().await.map_err(fail)?;
+        raw_user(row).map(Some).map_err(UserWriteError::Store)
+    }
+
+    pub(super) async fn delete_user(
+        &self,
+        id: i64,
+        audit: &AuditEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RawUser>, UserWriteError> {
+        let doing = "deleting a user";
+        let fail = |error| write_error(error, doing);
+        let mut transaction = self.pool.begin().await.map_err(fail)?;
+        let sql = format!(
+            "UPDATE users SET deleted_at = ?2, updated_at = ?2 \
+              WHERE id = ?1 AND deleted_at IS NULL RETURNING {USER_COLUMNS}"
+        );
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(micros(now))
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(fail)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(micros(now))
+        .execute(&mut *transaction)
+        .await
+        .map_err(fail)?;
+        sqlx::query(INSERT_AUDIT)
+            .bind(audit_json(std::slice::from_ref(audit)))
+            .execute(&mut *transaction)
+            .await
+            .map_err(fail)?;
+        transaction.commit().await.map_err(fail)?;
+        raw_user(row).map(Some).map_err(UserWriteError::Store)
+    }
+
+    pub(super) async fn append_audit(&self, entries: &[AuditEntry]) -> anyhow::Result<()> {
+        sqlx::query(INSERT_AUDIT)
+            .bind(audit_json(entries))
+            .execute(&self.pool)
+            .await
+            .context("inserting audit rows")?;
+        Ok(())
+    }
+
+    pub(super) async fn insert_refresh_token(&self, token: &RefreshToken) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, user_id, family, expires_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(token.id.to_string())
+        .bind(token.user_id)
+        .bind(token.family.to_string())
+        .bind(micros(token.expires_at))
+        .bind(micros(token.created_at))
+        .execute(&self.pool)
+        .await
+        .context("inserting a refresh token")?;
+        Ok(())
+    }
+
+    pub(super) async fn use_refresh_token(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<RefreshUse> {
+        let spent: Option<(i64, String)> = sqlx::query_as(SPEND_REFRESH_TOKEN)
+            .bind(id.to_string())
+            .bind(micros(now))
+            .fetch_optional(&self.pool)
+            .await
+            .context("spending a refresh token")?;
+        if let Some((user_id, family)) = spent {
+            let family = Uuid::parse_str(&family).context("refresh token family")?;
+            return Ok(RefreshUse::Fresh { user_id, family });
+        }
+        // Used and revoked are final states, so this reads a state no later use can
+        // change back.
+        let found: Option<(i64, String, bool)> = sqlx::query_as(
+            "SELECT user_id, family, used_at IS NOT NULL OR revoked_at IS NOT NULL \
+             FROM refresh_tokens WHERE id = ?1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up a refresh token")?;
+        Ok(match found {
+            Some((user_id, family, true)) => RefreshUse::Reused {
+                user_id,
+                family: Uuid::parse_str(&family).context("refresh token family")?,
+            },
+            _ => RefreshUse::Unknown,
+        })
+    }
+
+    pub(super) async fn revoke_refresh_family(
+        &self,
+        family: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        let result = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family = ?1 AND revoked_at IS NULL",
+        )
+        .bind(family.to_string())
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await
+        .context("revoking a refresh token family")?;
+        Ok(result.rows_affected())
+    }
+
+    pub(super) async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        let result = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await
+        .context("revoking a user's refresh tokens")?;
+        Ok(result.rows_affected())
+    }
 }
 
 fn raw_transaction(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawTransaction> {
@@ -338,4 +589,59 @@ fn raw_transaction(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawTransacti
         created_at: from_micros(row.try_get("created_at")?)?,
         completed_at: from_micros(row.try_get("completed_at")?)?,
     })
+}
+
+/// The unique index a failed write violated. SQLite reports no constraint name apart
+/// from its message, which for an index on an expression is exactly
+/// `UNIQUE constraint failed: index '<name>'`; the users indexes are on expressions for
+/// that reason (an index on plain columns is reported by its columns instead).
+fn violated_unique_index(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(database) if database.kind() == ErrorKind::UniqueViolation => {
+            database
+                .message()
+                .strip_prefix("UNIQUE constraint failed: index '")?
+                .strip_suffix('\'')
+        }
+        _ => None,
+    }
+}
+
+fn write_error(error: sqlx::Error, doing: &'static str) -> UserWriteError {
+    let index = violated_unique_index(&error).map(str::to_owned);
+    user_write_error(error, index.as_deref(), doing)
+}
+
+fn raw_user(row: UserRow) -> anyhow::Result<RawUser> {
+    let (id, username, email, password_hash, role, created_at, updated_at, deleted_at) = row;
+    Ok(RawUser {
+        id,
+        username,
+        email,
+        password_hash,
+        role,
+        created_at: from_micros(created_at)?,
+        updated_at: from_micros(updated_at)?,
+        deleted_at: deleted_at.map(from_micros).transpose()?,
+    })
+}
+
+/// Audit entries as the JSON array [`INSERT_AUDIT`] expands.
+fn audit_json(entries: &[AuditEntry]) -> String {
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|a| {
+            json!([
+                a.id.to_string(),
+                a.entity_type,
+                a.entity_id,
+                a.action,
+                a.actor_user_id,
+                a.details.to_string(),
+                a.request_id,
+                micros(a.created_at)
+            ])
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
 }

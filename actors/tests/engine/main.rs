@@ -10,3 +10,4 @@ mod idempotency;
 mod outage;
 mod passivation;
 mod refund;
+mod store_users;
