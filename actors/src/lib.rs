@@ -7,7 +7,7 @@
 //! * [`engine`] — the public handle and the coordinator (debit → credit → refund);
 //! * [`persister`] — batching group commits with strict or relaxed durability;
 //! * [`store`] — the database behind one interface, including what the service reads
-//!   and writes directly: users, refresh tokens and audit rows.
+//!   and writes directly: users, refresh tokens, audit rows, histories and journals.
 //!
 //! The invariants it keeps are those of design.md §11; [`Store::verify`] checks them.
 
@@ -41,6 +41,7 @@ pub use record::{
     AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
 };
 pub use store::{
-    DEFAULT_DATABASE_URL, Faults, NewUser, PAGE_SIZE_MAX, RefreshToken, RefreshUse, Role, Store,
-    StoreKind, UserChanges, UserRecord, UserWriteError, Violation,
+    DEFAULT_DATABASE_URL, Faults, HistoryCursor, HistoryItem, HistoryQuery, JournalEntry, NewUser,
+    PAGE_SIZE_MAX, RefreshToken, RefreshUse, Role, Store, StoreKind, UserChanges, UserRecord,
+    UserWriteError, Violation,
 };

@@ -8,8 +8,10 @@
 //! commit outcome was lost with the connection can simply be written again.
 //!
 //! The service writes users ([`UserRecord`]), refresh tokens ([`RefreshToken`]) and
-//! administrative audit rows directly.
+//! administrative audit rows directly, and reads an account's past back: its history
+//! ([`HistoryQuery`]), its journal and its balance at a time ([`JournalEntry`]).
 
+mod history;
 mod postgres;
 mod sqlite;
 mod users;
@@ -29,7 +31,9 @@ use crate::money::{AccountId, Amount};
 use crate::record::{
     AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
 };
+use history::{Dialect, JournalBound, Statement};
 
+pub use history::{HistoryCursor, HistoryItem, HistoryQuery, JournalEntry};
 pub use users::{NewUser, RefreshToken, RefreshUse, Role, UserChanges, UserRecord, UserWriteError};
 
 /// The default store: an SQLite file under `./data/`, created on first start.
@@ -162,9 +166,9 @@ enum Backend {
     Sqlite(sqlite::SqliteStore),
 }
 
-/// The most rows one page of users may hold; larger requests are clamped. A page is
-/// built in memory and sent as one response, so this bounds both; 1000 rows still let
-/// a client walk a long list in few round trips.
+/// The most rows one page of history, journal or users may hold; larger requests are
+/// clamped. A page is built in memory and sent as one response, so this bounds both;
+/// 1000 rows still let a client walk a long history in few round trips.
 pub const PAGE_SIZE_MAX: i64 = 1000;
 
 /// A requested page size within `0..=PAGE_SIZE_MAX`.
@@ -375,6 +379,13 @@ impl Store {
         Ok(violations)
     }
 
+    fn dialect(&self) -> Dialect {
+        match &self.backend {
+            Backend::Postgres(_) => Dialect::Postgres,
+            Backend::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
     /// Create a user, its empty and active account (the balances row with the user's
     /// id) and the audit row recording it, in one database transaction. The audit
     /// entry's `entity_id` is replaced by the new user's id, which only the database
@@ -557,6 +568,79 @@ impl Store {
             Backend::Sqlite(store) => store.revoke_user_refresh_tokens(user_id, now).await,
         }
     }
+
+    /// One page of an account's history, newest first: every transaction it was the
+    /// source of (failed attempts included) and every one that credited it. See
+    /// [`HistoryQuery`] and [`HistoryItem::position`].
+    #[tracing::instrument(level = "debug", skip_all, fields(account = %query.account))]
+    pub async fn history(&self, query: &HistoryQuery) -> anyhow::Result<Vec<HistoryItem>> {
+        self.faults.check_read()?;
+        let Some(statement) = history::history_statement(query, self.dialect()) else {
+            return Ok(Vec::new());
+        };
+        let rows = match &self.backend {
+            Backend::Postgres(store) => store.history(statement).await?,
+            Backend::Sqlite(store) => store.history(statement).await?,
+        };
+        rows.into_iter()
+            .map(|(position, raw)| {
+                Ok(HistoryItem {
+                    position: u64::try_from(position).context("negative history position")?,
+                    transaction: raw.into_record()?,
+                })
+            })
+            .collect()
+    }
+
+    /// One page of an account's balance changes, newest first: those with a version
+    /// below `before_version` (all for `None`), at most `limit` (clamped to
+    /// [`PAGE_SIZE_MAX`]).
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn journal(
+        &self,
+        account: AccountId,
+        before_version: Option<u64>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<JournalEntry>> {
+        self.faults.check_read()?;
+        let limit = page_size(limit);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let statement = history::journal_statement(
+            account,
+            JournalBound::Before(before_version),
+            limit,
+            self.dialect(),
+        );
+        self.journal_entries(statement).await
+    }
+
+    /// The account's latest journal entry among those whose transaction was created at
+    /// or before `at`: its `balance_after` is the balance at that time. `None` when
+    /// there is none, so the balance was 0.
+    ///
+    /// Each index is walked backwards from the newest entry until one is old enough,
+    /// so the cost grows with how far back `at` lies.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn balance_at(
+        &self,
+        account: AccountId,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<JournalEntry>> {
+        self.faults.check_read()?;
+        let statement =
+            history::journal_statement(account, JournalBound::At(at), 1, self.dialect());
+        Ok(self.journal_entries(statement).await?.into_iter().next())
+    }
+
+    async fn journal_entries(&self, statement: Statement) -> anyhow::Result<Vec<JournalEntry>> {
+        let rows = match &self.backend {
+            Backend::Postgres(store) => store.journal(statement).await?,
+            Backend::Sqlite(store) => store.journal(statement).await?,
+        };
+        rows.into_iter().map(RawJournalEntry::into_entry).collect()
+    }
 }
 
 /// The unique indexes of `users` whose violation is the caller's to handle, recognised
@@ -607,6 +691,33 @@ impl RawUser {
             created_at: self.created_at,
             updated_at: self.updated_at,
             deleted_at: self.deleted_at,
+        })
+    }
+}
+
+/// A journal entry row, common to both stores once ids and times are converted.
+#[derive(Debug)]
+struct RawJournalEntry {
+    transaction_id: Uuid,
+    kind: String,
+    version: i64,
+    delta: i64,
+    balance_after: i64,
+    counterparty: i64,
+    created_at: DateTime<Utc>,
+}
+
+impl RawJournalEntry {
+    fn into_entry(self) -> anyhow::Result<JournalEntry> {
+        Ok(JournalEntry {
+            transaction_id: self.transaction_id,
+            kind: TransactionKind::parse(&self.kind)
+                .with_context(|| format!("unknown type {:?}", self.kind))?,
+            version: u64::try_from(self.version).context("negative journal version")?,
+            delta: self.delta,
+            balance_after: self.balance_after,
+            counterparty: AccountId::new(self.counterparty)?,
+            created_at: self.created_at,
         })
     }
 }

@@ -9,13 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
+use super::history::{Param, Statement};
 use super::{
-    Batch, NewUser, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
-    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
-    version_i64,
+    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
+    TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error,
+    verify_queries, version_i64,
 };
 use crate::money::AccountId;
 use crate::record::AuditEntry;
@@ -41,6 +42,8 @@ type UserRow = (
     DateTime<Utc>,
     Option<DateTime<Utc>>,
 );
+
+type JournalRow = (Uuid, String, i64, i64, i64, i64, DateTime<Utc>);
 
 #[derive(Clone, Debug)]
 pub(super) struct PgStore {
@@ -605,6 +608,60 @@ impl PgStore {
         .context("revoking a user's refresh tokens")?;
         Ok(result.rows_affected())
     }
+
+    pub(super) async fn history(
+        &self,
+        statement: Statement,
+    ) -> anyhow::Result<Vec<(i64, RawTransaction)>> {
+        use sqlx::Row;
+        let rows = sqlx::query_with(
+            sqlx::AssertSqlSafe(statement.sql),
+            arguments(statement.params)?,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("reading an account's history")?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("position")?, raw_transaction(row)?)))
+            .collect()
+    }
+
+    pub(super) async fn journal(
+        &self,
+        statement: Statement,
+    ) -> anyhow::Result<Vec<RawJournalEntry>> {
+        let rows: Vec<JournalRow> = sqlx::query_as_with(
+            sqlx::AssertSqlSafe(statement.sql),
+            arguments(statement.params)?,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("reading an account's journal")?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    transaction_id,
+                    kind,
+                    version,
+                    delta,
+                    balance_after,
+                    counterparty,
+                    created_at,
+                )| {
+                    RawJournalEntry {
+                        transaction_id,
+                        kind,
+                        version,
+                        delta,
+                        balance_after,
+                        counterparty,
+                        created_at,
+                    }
+                },
+            )
+            .collect())
+    }
 }
 
 fn raw_transaction(row: &sqlx::postgres::PgRow) -> anyhow::Result<RawTransaction> {
@@ -693,6 +750,22 @@ impl<'a> AuditColumns<'a> {
             created_ats: entries.iter().map(|entry| entry.created_at).collect(),
         }
     }
+}
+
+/// The parameters of a statement built at run time, in PostgreSQL's types.
+pub(super) fn arguments(params: Vec<Param>) -> anyhow::Result<PgArguments> {
+    use sqlx::Arguments;
+    let mut arguments = PgArguments::default();
+    for param in params {
+        match param {
+            Param::Integer(value) => arguments.add(value),
+            Param::Text(value) => arguments.add(value),
+            Param::Time(value) => arguments.add(value),
+            Param::Id(value) => arguments.add(value),
+        }
+        .map_err(|error| anyhow::anyhow!("binding a parameter: {error}"))?;
+    }
+    Ok(arguments)
 }
 
 /// The URL without its password, for messages.

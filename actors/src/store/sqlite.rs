@@ -12,14 +12,16 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use uuid::Uuid;
 
+use super::history::{Param, Statement};
 use super::{
-    Batch, NewUser, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
-    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
-    version_i64,
+    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
+    TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error,
+    verify_queries, version_i64,
 };
 use crate::money::AccountId;
 use crate::record::AuditEntry;
@@ -36,6 +38,8 @@ type AuditRow = (
 );
 
 type UserRow = (i64, String, String, String, String, i64, i64, Option<i64>);
+
+type JournalRow = (String, String, i64, i64, i64, i64, i64);
 
 #[derive(Clone, Debug)]
 pub(super) struct SqliteStore {
@@ -565,6 +569,60 @@ impl SqliteStore {
         .context("revoking a user's refresh tokens")?;
         Ok(result.rows_affected())
     }
+
+    pub(super) async fn history(
+        &self,
+        statement: Statement,
+    ) -> anyhow::Result<Vec<(i64, RawTransaction)>> {
+        use sqlx::Row;
+        let rows = sqlx::query_with(
+            sqlx::AssertSqlSafe(statement.sql),
+            arguments(statement.params)?,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("reading an account's history")?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("position")?, raw_transaction(row)?)))
+            .collect()
+    }
+
+    pub(super) async fn journal(
+        &self,
+        statement: Statement,
+    ) -> anyhow::Result<Vec<RawJournalEntry>> {
+        let rows: Vec<JournalRow> = sqlx::query_as_with(
+            sqlx::AssertSqlSafe(statement.sql),
+            arguments(statement.params)?,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("reading an account's journal")?;
+        rows.into_iter()
+            .map(
+                |(
+                    transaction_id,
+                    kind,
+                    version,
+                    delta,
+                    balance_after,
+                    counterparty,
+                    created_at,
+                )| {
+                    Ok(RawJournalEntry {
+                        transaction_id: Uuid::parse_str(&transaction_id)
+                            .context("transaction id")?,
+                        kind,
+                        version,
+                        delta,
+                        balance_after,
+                        counterparty,
+                        created_at: from_micros(created_at)?,
+                    })
+                },
+            )
+            .collect()
+    }
 }
 
 fn raw_transaction(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawTransaction> {
@@ -644,4 +702,20 @@ fn audit_json(entries: &[AuditEntry]) -> String {
         })
         .collect();
     serde_json::Value::Array(rows).to_string()
+}
+
+/// The parameters of a statement built at run time, in SQLite's column types.
+pub(super) fn arguments(params: Vec<Param>) -> anyhow::Result<SqliteArguments> {
+    use sqlx::Arguments;
+    let mut arguments = SqliteArguments::default();
+    for param in params {
+        match param {
+            Param::Integer(value) => arguments.add(value),
+            Param::Text(value) => arguments.add(value),
+            Param::Time(value) => arguments.add(micros(value)),
+            Param::Id(value) => arguments.add(value.to_string()),
+        }
+        .map_err(|error| anyhow::anyhow!("binding a parameter: {error}"))?;
+    }
+    Ok(arguments)
 }

@@ -10,4 +10,5 @@ mod idempotency;
 mod outage;
 mod passivation;
 mod refund;
+mod store_history;
 mod store_users;
