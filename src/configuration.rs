@@ -19,7 +19,52 @@ pub struct Settings {
     pub engine: EngineConfig,
     /// How long a graceful stop waits for requests in flight.
     pub shutdown_timeout: Duration,
+    pub http: HttpSettings,
+    pub auth: AuthConfig,
+    /// Created at start when it does not exist yet.
+    pub first_admin: Option<FirstAdmin>,
+    pub production: bool,
 }
+
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// The longest a request may take before it is answered 503.
+    pub request_timeout: Duration,
+    /// Origins allowed to call the API from a browser; empty: none; `*`: any.
+    pub cors_origins: Vec<String>,
+    /// Worker threads of the HTTP server (default: one per core).
+    pub workers: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// `JWT_SECRET`; when absent (development only) a secret is generated once and kept
+    /// next to the SQLite file.
+    pub jwt_secret: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct FirstAdmin {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for FirstAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstAdmin")
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shortest JWT secret accepted in production: 256 bits for HS256.
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -162,7 +207,94 @@ impl Settings {
             .or_else(|| env.get("LOG_LEVEL"))
             .unwrap_or("info,sqlx=warn")
             .to_string();
+        let production = match env.get("TALLY_ENV") {
+            None => false,
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "production" | "prod" => true,
+                "development" | "dev" | "test" => false,
+                _ => {
+                    return Err(ConfigError {
+                        name: "TALLY_ENV",
+                        value: value.to_string(),
+                        expected: "production or development",
+                    });
+                }
+            },
+        };
+        let jwt_secret = env.get("JWT_SECRET").map(str::to_string);
+        if production
+            && jwt_secret
+                .as_ref()
+                .is_none_or(|secret| secret.len() < JWT_SECRET_BYTES_MIN)
+        {
+            return Err(ConfigError {
+                name: "JWT_SECRET",
+                value: "(hidden)".into(),
+                expected: "at least 32 bytes of secret in production (TALLY_ENV=production)",
+            });
+        }
+        let first_admin = match (
+            env.get("TALLY_ADMIN_USERNAME"),
+            env.get("TALLY_ADMIN_PASSWORD"),
+        ) {
+            (Some(username), Some(password)) => Some(FirstAdmin {
+                username: username.to_string(),
+                email: env
+                    .get("TALLY_ADMIN_EMAIL")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{username}@tally.invalid")),
+                password: password.to_string(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    name: "TALLY_ADMIN_PASSWORD",
+                    value: String::new(),
+                    expected: "set together with TALLY_ADMIN_USERNAME",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    name: "TALLY_ADMIN_USERNAME",
+                    value: String::new(),
+                    expected: "set together with TALLY_ADMIN_PASSWORD",
+                });
+            }
+        };
+        let cors_origins = env
+            .get("TALLY_CORS_ORIGINS")
+            .map(|list| {
+                list.split(',')
+                    .map(|origin| origin.trim().to_string())
+                    .filter(|origin| !origin.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let workers = match env.get("TALLY_HTTP_WORKERS") {
+            None => None,
+            Some(_) => Some(env.positive("TALLY_HTTP_WORKERS", 1)?),
+        };
         Ok(Settings {
+            production,
+            first_admin,
+            http: HttpSettings {
+                request_timeout: Duration::from_secs(
+                    env.positive("TALLY_REQUEST_TIMEOUT_SECONDS", 30)? as u64,
+                ),
+                cors_origins,
+                workers,
+            },
+            auth: AuthConfig {
+                jwt_secret,
+                issuer: env.get("JWT_ISSUER").unwrap_or("tally").to_string(),
+                audience: env.get("JWT_AUDIENCE").unwrap_or("tally-api").to_string(),
+                access_ttl: Duration::from_secs(
+                    env.positive("JWT_ACCESS_TTL_SECONDS", 15 * 60)? as u64
+                ),
+                refresh_ttl: Duration::from_secs(
+                    env.positive("JWT_REFRESH_TTL_SECONDS", 7 * 24 * 3600)? as u64,
+                ),
+            },
             host: env.get("HOST").unwrap_or("0.0.0.0").to_string(),
             port: env.parse("PORT", 8080, "a port number (0-65535)")?,
             log: LogSettings { format, filter },
@@ -228,6 +360,8 @@ mod tests {
             ("TALLY_BATCH_SIZE_MAX", "0", "positive"),
             ("TALLY_FLUSH_DELAY_MS", "-3", "milliseconds"),
             ("LOG_FORMAT", "xml", "json or pretty"),
+            ("TALLY_ENV", "staging", "production or development"),
+            ("TALLY_ADMIN_USERNAME", "root", "TALLY_ADMIN_PASSWORD"),
         ];
         for (name, value, hint) in cases {
             let error =
@@ -236,6 +370,25 @@ mod tests {
             assert!(line.contains(name) && line.contains(hint), "{name}: {line}");
             assert!(!line.contains('\n'), "one line");
         }
+    }
+
+    #[test]
+    fn production_refuses_a_missing_or_weak_jwt_secret() {
+        for secret in [None, Some("short")] {
+            let mut pairs = vec![("TALLY_ENV", "production")];
+            if let Some(secret) = secret {
+                pairs.push(("JWT_SECRET", secret));
+            }
+            let error = Settings::from_environment(&Environment::from_pairs(pairs)).unwrap_err();
+            assert_eq!(error.name, "JWT_SECRET");
+            assert!(
+                !error.to_string().contains("short"),
+                "the secret is never printed"
+            );
+        }
+        let strong = "0123456789abcdef0123456789abcdef";
+        let env = Environment::from_pairs([("TALLY_ENV", "production"), ("JWT_SECRET", strong)]);
+        assert!(Settings::from_environment(&env).unwrap().production);
     }
 
     #[test]

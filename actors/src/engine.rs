@@ -252,6 +252,17 @@ impl Engine {
     /// recorded, or (for `Unavailable` after the work began) that the outcome is not
     /// known yet.
     pub async fn execute(&self, request: MoveRequest) -> Result<TransactionRecord, EngineError> {
+        self.execute_with_replay(request)
+            .await
+            .map(|(record, _)| record)
+    }
+
+    /// [`execute`](Self::execute), also telling whether the outcome is a replay: the
+    /// idempotency key was used before and nothing ran now.
+    pub async fn execute_with_replay(
+        &self,
+        request: MoveRequest,
+    ) -> Result<(TransactionRecord, bool), EngineError> {
         request.validate()?;
         let guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
         let (reply, outcome) = oneshot::channel();
@@ -440,7 +451,7 @@ fn step_error(id: AccountId, error: StepError) -> EngineError {
 async fn coordinate(
     shared: Arc<Shared>,
     request: MoveRequest,
-    reply: oneshot::Sender<Result<TransactionRecord, EngineError>>,
+    reply: oneshot::Sender<Result<(TransactionRecord, bool), EngineError>>,
 ) {
     let owner = match (&request.idempotency_key, request.initiator) {
         (Some(key), Some(initiator)) => {
@@ -451,7 +462,7 @@ async fn coordinate(
             {
                 Ok(Claim::Owner(owner)) => Some(owner),
                 Ok(Claim::Replay(record)) => {
-                    let _ = reply.send(Ok(record));
+                    let _ = reply.send(Ok((record, true)));
                     return;
                 }
                 Err(error) => {
@@ -491,7 +502,7 @@ async fn coordinate(
         .expect("an acknowledgement was asked for");
     let mut reply = Some(reply);
     if !strict && let Some(reply) = reply.take() {
-        let _ = reply.send(Ok(record.clone()));
+        let _ = reply.send(Ok((record.clone(), false)));
     }
     let mut ack = ack;
     let durable = match tokio::time::timeout(shared.config.durable_wait_max, &mut ack).await {
@@ -514,7 +525,7 @@ async fn coordinate(
         .observe(submitted.elapsed().as_secs_f64());
     if let Some(reply) = reply.take() {
         let _ = reply.send(if durable {
-            Ok(record.clone())
+            Ok((record.clone(), false))
         } else {
             Err(EngineError::Unavailable(
                 "the engine stopped before the write was durable",

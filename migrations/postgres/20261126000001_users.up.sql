@@ -9,7 +9,10 @@ CREATE TABLE users (
     role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
     created_at    TIMESTAMPTZ NOT NULL,
     updated_at    TIMESTAMPTZ NOT NULL,
-    deleted_at    TIMESTAMPTZ
+    deleted_at    TIMESTAMPTZ,
+    -- Bumped when the user's tokens must stop working (new password, role change,
+    -- deletion); tokens carry the version they were issued under.
+    token_version BIGINT NOT NULL DEFAULT 0
 );
 
 -- Usernames and emails are unique whatever their case, deleted users included (a name

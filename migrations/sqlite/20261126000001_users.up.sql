@@ -11,7 +11,10 @@ CREATE TABLE users (
     role          TEXT NOT NULL CHECK (role IN ('user', 'admin')),
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL,
-    deleted_at    INTEGER
+    deleted_at    INTEGER,
+    -- Bumped when the user's tokens must stop working (new password, role change,
+    -- deletion); tokens carry the version they were issued under.
+    token_version INTEGER NOT NULL DEFAULT 0
 );
 
 -- Usernames and emails are unique whatever their case, deleted users included (a name

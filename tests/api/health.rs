@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness, request ids and the headers every response carries.
 
 use crate::helpers::{Backend, spawn_app};
 use crate::on_both_stores;
@@ -6,32 +6,57 @@ use crate::on_both_stores;
 async fn healthz_and_the_go_service_alias_answer_200(backend: Backend) {
     let app = spawn_app(backend).await;
     for path in ["/healthz", "/api/v1/test/health"] {
-        let response = app.get(path).await;
-        assert_eq!(response.status().as_u16(), 200, "{path}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["status"], "ok");
+        let reply = app.get(path, None).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.body["status"], "ok");
     }
     app.stop().await;
 }
 
 async fn readyz_is_200_while_the_store_takes_writes_and_503_when_it_does_not(backend: Backend) {
     let app = spawn_app(backend).await;
-    let response = app.get("/readyz").await;
-    assert_eq!(response.status().as_u16(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["store"], "reachable");
-    assert_eq!(body["durability"], "strict");
+    let reply = app.get("/readyz", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["store"], "reachable");
+    assert_eq!(reply.body["durability"], "strict");
 
     app.engine.store().faults().fail_reads(true);
-    let response = app.get("/readyz").await;
-    assert_eq!(response.status().as_u16(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
+    let reply = app.get("/readyz", None).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "1");
     app.engine.store().faults().fail_reads(false);
-    assert_eq!(app.get("/readyz").await.status().as_u16(), 200);
+    assert_eq!(app.get("/readyz", None).await.status, 200);
+    app.stop().await;
+}
+
+async fn request_ids_are_echoed_or_generated_and_security_headers_set(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let sent = app
+        .client
+        .get(app.url("/api/v1/balances/current"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    let reply = crate::helpers::TestApp::read(sent).await;
+    reply.assert_problem(401, "unauthenticated");
+    assert_eq!(reply.headers["x-request-id"], "trace-me-42");
+    assert_eq!(reply.body["request_id"], "trace-me-42");
+    let generated = app.get("/healthz", None).await;
+    let id = generated.headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "a generated id: {id}");
+    for (header, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(generated.headers[header], value, "{header}");
+    }
     app.stop().await;
 }
 
 on_both_stores!(
     healthz_and_the_go_service_alias_answer_200,
     readyz_is_200_while_the_store_takes_writes_and_503_when_it_does_not,
+    request_ids_are_echoed_or_generated_and_security_headers_set,
 );

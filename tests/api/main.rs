@@ -2,4 +2,12 @@
 
 mod helpers;
 
+mod auth;
+mod authorization;
+mod bad_inputs;
+mod balances;
+mod concurrency;
 mod health;
+mod jwt;
+mod openapi;
+mod transactions;

@@ -664,7 +664,7 @@ fn user_write_error(
 
 /// The columns of a users row, in the order both stores return them.
 const USER_COLUMNS: &str =
-    "id, username, email, password_hash, role, created_at, updated_at, deleted_at";
+    "id, username, email, password_hash, role, created_at, updated_at, deleted_at, token_version";
 
 /// A users row, common to both stores once times are converted.
 #[derive(Debug)]
@@ -677,6 +677,7 @@ struct RawUser {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
+    token_version: i64,
 }
 
 impl RawUser {
@@ -691,6 +692,7 @@ impl RawUser {
             created_at: self.created_at,
             updated_at: self.updated_at,
             deleted_at: self.deleted_at,
+            token_version: self.token_version,
         })
     }
 }

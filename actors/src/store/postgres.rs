@@ -41,6 +41,7 @@ type UserRow = (
     DateTime<Utc>,
     DateTime<Utc>,
     Option<DateTime<Utc>>,
+    i64,
 );
 
 type JournalRow = (Uuid, String, i64, i64, i64, i64, DateTime<Utc>);
@@ -85,7 +86,7 @@ const CREATE_USER: &str = "
 WITH new_user AS (
     INSERT INTO users (username, email, password_hash, role, created_at, updated_at)
     VALUES ($1, $2, $3, $4, $5, $5)
-    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at
+    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at, token_version
 ), new_account AS (
     INSERT INTO balances (user_id, last_updated_at) SELECT id, created_at FROM new_user
 ), new_audit AS (
@@ -101,9 +102,9 @@ WITH updated AS (
     UPDATE users
        SET username = COALESCE($2, username), email = COALESCE($3, email),
            password_hash = COALESCE($4, password_hash), role = COALESCE($5, role),
-           updated_at = $6
+           updated_at = $6, token_version = token_version + CASE WHEN $15 THEN 1 ELSE 0 END
      WHERE id = $1 AND deleted_at IS NULL
-    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at
+    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at, token_version
 ), new_audit AS (
     INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
     SELECT * FROM UNNEST($7::uuid[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::jsonb[],
@@ -117,9 +118,9 @@ SELECT * FROM updated";
 /// conditional on the user being there and not deleted yet.
 const DELETE_USER: &str = "
 WITH deleted AS (
-    UPDATE users SET deleted_at = $2, updated_at = $2
+    UPDATE users SET deleted_at = $2, updated_at = $2, token_version = token_version + 1
      WHERE id = $1 AND deleted_at IS NULL
-    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at
+    RETURNING id, username, email, password_hash, role, created_at, updated_at, deleted_at, token_version
 ), revoked AS (
     UPDATE refresh_tokens SET revoked_at = $2
      WHERE user_id IN (SELECT id FROM deleted) AND revoked_at IS NULL
@@ -485,6 +486,7 @@ impl PgStore {
             .bind(audit.details)
             .bind(audit.request_ids)
             .bind(audit.created_ats)
+            .bind(changes.bump_token_version)
             .fetch_optional(&self.pool)
             .await
             .map_err(|error| write_error(error, "updating a user"))?;
@@ -703,7 +705,17 @@ fn write_error(error: sqlx::Error, doing: &'static str) -> UserWriteError {
 }
 
 fn raw_user(row: UserRow) -> RawUser {
-    let (id, username, email, password_hash, role, created_at, updated_at, deleted_at) = row;
+    let (
+        id,
+        username,
+        email,
+        password_hash,
+        role,
+        created_at,
+        updated_at,
+        deleted_at,
+        token_version,
+    ) = row;
     RawUser {
         id,
         username,
@@ -713,6 +725,7 @@ fn raw_user(row: UserRow) -> RawUser {
         created_at,
         updated_at,
         deleted_at,
+        token_version,
     }
 }
 

@@ -37,7 +37,17 @@ type AuditRow = (
     i64,
 );
 
-type UserRow = (i64, String, String, String, String, i64, i64, Option<i64>);
+type UserRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    i64,
+);
 
 type JournalRow = (String, String, i64, i64, i64, i64, i64);
 
@@ -413,7 +423,7 @@ impl SqliteStore {
         let sql = format!(
             "UPDATE users SET username = COALESCE(?2, username), email = COALESCE(?3, email), \
                     password_hash = COALESCE(?4, password_hash), role = COALESCE(?5, role), \
-                    updated_at = ?6 \
+                    updated_at = ?6, token_version = token_version + ?7 \
               WHERE id = ?1 AND deleted_at IS NULL RETURNING {USER_COLUMNS}"
         );
         let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -423,6 +433,7 @@ impl SqliteStore {
             .bind(&changes.password_hash)
             .bind(changes.role.map(|role| role.as_str()))
             .bind(micros(now))
+            .bind(i64::from(changes.bump_token_version))
             .fetch_optional(&mut *transaction)
             .await
             .map_err(fail)?;
@@ -450,7 +461,7 @@ impl SqliteStore {
         let fail = |error| write_error(error, doing);
         let mut transaction = self.pool.begin().await.map_err(fail)?;
         let sql = format!(
-            "UPDATE users SET deleted_at = ?2, updated_at = ?2 \
+            "UPDATE users SET deleted_at = ?2, updated_at = ?2, token_version = token_version + 1 \
               WHERE id = ?1 AND deleted_at IS NULL RETURNING {USER_COLUMNS}"
         );
         let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -671,7 +682,17 @@ fn write_error(error: sqlx::Error, doing: &'static str) -> UserWriteError {
 }
 
 fn raw_user(row: UserRow) -> anyhow::Result<RawUser> {
-    let (id, username, email, password_hash, role, created_at, updated_at, deleted_at) = row;
+    let (
+        id,
+        username,
+        email,
+        password_hash,
+        role,
+        created_at,
+        updated_at,
+        deleted_at,
+        token_version,
+    ) = row;
     Ok(RawUser {
         id,
         username,
@@ -681,6 +702,7 @@ fn raw_user(row: UserRow) -> anyhow::Result<RawUser> {
         created_at: from_micros(created_at)?,
         updated_at: from_micros(updated_at)?,
         deleted_at: deleted_at.map(from_micros).transpose()?,
+        token_version,
     })
 }
 

@@ -58,6 +58,9 @@ pub struct UserRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Bumped whenever the user's existing tokens must stop working (a new password, a
+    /// role change, deletion); tokens carry the version they were issued under.
+    pub token_version: i64,
 }
 
 /// The fields of a user to change; `None` leaves a field as it is.
@@ -67,6 +70,8 @@ pub struct UserChanges {
     pub email: Option<String>,
     pub password_hash: Option<String>,
     pub role: Option<Role>,
+    /// Retire every token issued to the user so far.
+    pub bump_token_version: bool,
 }
 
 /// Why creating, changing or deleting a user failed. Only `Store` is unexpected; its

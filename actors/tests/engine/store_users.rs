@@ -397,13 +397,19 @@ async fn a_deleted_user_is_kept_by_id_hidden_by_name_and_loses_its_refresh_token
     let deleted_at = deleted.deleted_at.expect("deleted_at is set");
     assert!(deleted_at >= erin.created_at);
     assert_eq!(
+        deleted.token_version,
+        erin.token_version + 1,
+        "deleting retires the user's tokens"
+    );
+    assert_eq!(
         UserRecord {
             deleted_at: None,
             updated_at: erin.updated_at,
+            token_version: erin.token_version,
             ..deleted.clone()
         },
         erin,
-        "deleting changes nothing but the times"
+        "deleting changes nothing else but the times"
     );
 
     assert_eq!(store.user_by_username("erin").await.unwrap(), None);

@@ -1,0 +1,364 @@
+//! Authentication: argon2id password hashes, JWT access and refresh tokens, revocation.
+//!
+//! * Access tokens (15 minutes by default) carry `sub` (user id), `role`, `ver` (the
+//!   user's token version), `jti`, `iat`, `exp`, `iss`, `aud`, `typ: access`. Only the
+//!   configured algorithm (HS256) is accepted; issuer and audience are checked.
+//! * Refresh tokens are JWTs too (`typ: refresh`, `fam`: the rotation family) whose `jti`
+//!   is a row in the store: each can be used once. Using one again (a stolen copy, or the
+//!   client replaying) revokes its whole family.
+//! * Logout denies the access token's `jti` until it expires and revokes the user's
+//!   refresh tokens. A role change or deletion bumps the user's token version, which
+//!   retires every token issued before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, web};
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use futures_util::future::LocalBoxFuture;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tally_actors::{AccountId, Role, Store};
+use uuid::Uuid;
+
+use crate::error::{ApiError, Code};
+
+/// The one signing algorithm accepted.
+const ALGORITHM: Algorithm = Algorithm::HS256;
+/// Clock skew tolerated on `exp`, between instances of a deployment.
+const LEEWAY_SECONDS: u64 = 5;
+/// Purge expired entries from the deny list once it grows past this many.
+const DENY_LIST_PURGE_THRESHOLD: usize = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    pub secret: Vec<u8>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+/// What a token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    /// The user's token version when the token was issued.
+    pub ver: i64,
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+    /// `access` or `refresh`.
+    pub typ: String,
+    /// The refresh token family (refresh tokens only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fam: Option<String>,
+}
+
+/// A freshly issued access and refresh token pair.
+#[derive(Clone, Debug)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub access_expires_in: Duration,
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: AccountId,
+    pub role: Role,
+    pub jti: String,
+    pub expires_at: i64,
+}
+
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Whether the caller may act on `user`'s account: their own, or any as admin.
+    pub fn may_act_for(&self, user: AccountId) -> bool {
+        self.is_admin() || self.id == user
+    }
+}
+
+/// Tokens denied before they expire (logout). In-process; shared across instances
+/// once Redis is configured.
+#[derive(Debug, Default)]
+pub struct DenyList {
+    denied: DashMap<String, i64>,
+}
+
+impl DenyList {
+    pub fn deny(&self, jti: &str, expires_at: i64) {
+        if self.denied.len() > DENY_LIST_PURGE_THRESHOLD {
+            let now = Utc::now().timestamp();
+            self.denied.retain(|_, expires| *expires > now);
+        }
+        self.denied.insert(jti.to_owned(), expires_at);
+    }
+
+    pub fn is_denied(&self, jti: &str) -> bool {
+        self.denied.contains_key(jti)
+    }
+}
+
+/// Everything authentication needs, shared by all workers.
+pub struct Auth {
+    settings: AuthSettings,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    hasher: Argon2<'static>,
+    /// A hash of a random password, verified against when a login names no user, so
+    /// that a login costs the same whether or not the user exists.
+    decoy_hash: String,
+    pub deny_list: DenyList,
+    /// Users' current token versions, as far as this instance knows; loaded from the
+    /// store on first use.
+    token_versions: DashMap<i64, i64>,
+    store: Store,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("issuer", &self.settings.issuer)
+            .field("audience", &self.settings.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    pub fn new(settings: AuthSettings, store: Store) -> anyhow::Result<Auth> {
+        let hasher = Argon2::default();
+        let decoy: String = (0..32).map(|_| rand::random::<char>()).collect();
+        let decoy_hash = hasher
+            .hash_password(decoy.as_bytes())
+            .map_err(|error| anyhow::anyhow!("hashing the decoy password: {error}"))?
+            .to_string();
+        Ok(Auth {
+            encoding: EncodingKey::from_secret(&settings.secret),
+            decoding: DecodingKey::from_secret(&settings.secret),
+            settings,
+            hasher,
+            decoy_hash,
+            deny_list: DenyList::default(),
+            token_versions: DashMap::new(),
+            store,
+        })
+    }
+
+    pub fn access_ttl(&self) -> Duration {
+        self.settings.access_ttl
+    }
+
+    /// Hash a password with argon2id and a fresh salt (CPU-heavy: call off the event
+    /// loop).
+    pub fn hash_password(&self, password: &str) -> anyhow::Result<String> {
+        self.hasher
+            .hash_password(password.as_bytes())
+            .map(|hash| hash.to_string())
+            .map_err(|error| anyhow::anyhow!("hashing a password: {error}"))
+    }
+
+    /// Check `password` against `stored` (or against the decoy when there is no user),
+    /// doing the same work either way.
+    pub fn verify_password(&self, password: &str, stored: Option<&str>) -> bool {
+        let hash = stored.unwrap_or(&self.decoy_hash);
+        let Ok(parsed) = PasswordHash::new(hash) else {
+            return false;
+        };
+        let matches = self
+            .hasher
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        matches && stored.is_some()
+    }
+
+    fn encode(&self, claims: &Claims) -> anyhow::Result<String> {
+        jsonwebtoken::encode(&Header::new(ALGORITHM), claims, &self.encoding)
+            .map_err(|error| anyhow::anyhow!("signing a token: {error}"))
+    }
+
+    /// Issue an access token and a refresh token (recorded in the store) for `user`.
+    /// `family` continues a rotation; `None` starts a new one (a login).
+    pub async fn issue(
+        &self,
+        user: i64,
+        role: Role,
+        token_version: i64,
+        family: Option<Uuid>,
+    ) -> anyhow::Result<TokenPair> {
+        let now = Utc::now();
+        let access = Claims {
+            sub: user.to_string(),
+            role,
+            ver: token_version,
+            jti: Uuid::new_v4().to_string(),
+            iat: now.timestamp(),
+            exp: (now + self.settings.access_ttl).timestamp(),
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            typ: "access".into(),
+            fam: None,
+        };
+        let refresh_id = Uuid::new_v4();
+        let family = family.unwrap_or_else(Uuid::new_v4);
+        let refresh_expires = now + self.settings.refresh_ttl;
+        let refresh = Claims {
+            jti: refresh_id.to_string(),
+            exp: refresh_expires.timestamp(),
+            typ: "refresh".into(),
+            fam: Some(family.to_string()),
+            ..access.clone()
+        };
+        self.store
+            .insert_refresh_token(&tally_actors::RefreshToken {
+                id: refresh_id,
+                user_id: user,
+                family,
+                expires_at: refresh_expires,
+                created_at: now,
+            })
+            .await?;
+        Ok(TokenPair {
+            access_token: self.encode(&access)?,
+            refresh_token: self.encode(&refresh)?,
+            access_expires_in: self.settings.access_ttl,
+        })
+    }
+
+    /// Check a token's signature, algorithm, expiry, issuer, audience and type.
+    pub fn decode(&self, token: &str, expected_type: &str) -> Result<Claims, ApiError> {
+        let mut validation = Validation::new(ALGORITHM);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map_err(|error| {
+                let reason = match error.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
+                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                        "the token has the wrong issuer"
+                    }
+                    jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                        "the token has the wrong audience"
+                    }
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                        "the token uses an algorithm that is not accepted"
+                    }
+                    _ => "the token is invalid",
+                };
+                ApiError::unauthenticated(reason)
+            })?
+            .claims;
+        if claims.typ != expected_type {
+            return Err(ApiError::unauthenticated(format!(
+                "a {expected_type} token is required"
+            )));
+        }
+        Ok(claims)
+    }
+
+    /// The user's current token version (cached; loaded from the store on a miss).
+    /// `None` when the user does not exist or was deleted.
+    pub async fn token_version(&self, user: i64) -> Result<Option<i64>, ApiError> {
+        if let Some(version) = self.token_versions.get(&user) {
+            return Ok(Some(*version));
+        }
+        let record = self.store.user(user).await.map_err(|error| {
+            ApiError::new(
+                Code::Unavailable,
+                "The user store could not be read; retry shortly",
+            )
+            .with_cause(error)
+        })?;
+        match record {
+            Some(record) if record.deleted_at.is_none() => {
+                self.token_versions.insert(user, record.token_version);
+                Ok(Some(record.token_version))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Remember a user's new token version (after a role change, a deletion…).
+    pub fn set_token_version(&self, user: i64, version: i64) {
+        self.token_versions.insert(user, version);
+    }
+
+    /// Drop what this instance knows of a user's tokens (after a deletion): the next
+    /// request reads the user afresh.
+    pub fn forget_user(&self, user: i64) {
+        self.token_versions.remove(&user);
+    }
+
+    /// Authenticate the bearer token of a request.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<AuthUser, ApiError> {
+        let token = authorization
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthenticated(
+                    "An Authorization: Bearer <access token> header is required",
+                )
+            })?;
+        let claims = self.decode(token, "access")?;
+        if self.deny_list.is_denied(&claims.jti) {
+            return Err(ApiError::unauthenticated("the token was revoked"));
+        }
+        let user: i64 = claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::unauthenticated("the token is invalid"))?;
+        let id =
+            AccountId::new(user).map_err(|_| ApiError::unauthenticated("the token is invalid"))?;
+        match self.token_version(user).await? {
+            Some(version) if version == claims.ver => Ok(AuthUser {
+                id,
+                role: claims.role,
+                jti: claims.jti,
+                expires_at: claims.exp,
+            }),
+            Some(_) => Err(ApiError::unauthenticated("the token was revoked")),
+            None => Err(ApiError::unauthenticated(
+                "the token's user no longer exists",
+            )),
+        }
+    }
+}
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<AuthUser, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let auth = request.app_data::<web::Data<Arc<Auth>>>().cloned();
+        let header = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        Box::pin(async move {
+            let auth = auth.ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("authentication is not configured"))
+            })?;
+            auth.authenticate(header.as_deref()).await
+        })
+    }
+}
+
+/// Seconds until `at`, never negative.
+pub fn seconds_until(at: DateTime<Utc>) -> i64 {
+    (at - Utc::now()).num_seconds().max(0)
+}

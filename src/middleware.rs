@@ -1,0 +1,197 @@
+//! Cross-cutting request handling: request ids, panics, timeouts, and turning every
+//! error response the framework produces into problem+json.
+
+use std::future::{Future, Ready, ready};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{Error, HttpMessage, ResponseError};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::error::{ApiError, Code, PROBLEM_JSON};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id taken from a client; longer ones are replaced.
+const REQUEST_ID_LENGTH_MAX: usize = 128;
+
+tokio::task_local! {
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// The id of the request being handled: taken from `X-Request-Id` when the client sent a
+/// sane one, generated otherwise; echoed in the response and on every log line.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id of the request this task is handling, if any.
+    pub fn current() -> Option<String> {
+        CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+    }
+
+    fn from_request(request: &ServiceRequest) -> RequestId {
+        let sent = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= REQUEST_ID_LENGTH_MAX
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            });
+        RequestId(
+            sent.map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        )
+    }
+}
+
+/// The outermost layer: request id, a span per request, panics caught, a time limit.
+#[derive(Clone, Debug)]
+pub struct RequestGuard {
+    pub timeout: Duration,
+}
+
+impl<S, B> Transform<S, ServiceRequest> for RequestGuard
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Transform = RequestGuardService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(RequestGuardService {
+            service: Rc::new(service),
+            timeout: self.timeout,
+        }))
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestGuardService<S> {
+    service: Rc<S>,
+    timeout: Duration,
+}
+
+impl<S, B> Service<ServiceRequest> for RequestGuardService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+
+    forward_ready!(service);
+
+    fn call(&self, request: ServiceRequest) -> Self::Future {
+        let request_id = RequestId::from_request(&request);
+        request.extensions_mut().insert(request_id.clone());
+        let span = tracing::info_span!(
+            "http.request",
+            request_id = %request_id.0,
+            method = %request.method(),
+            path = %request.path(),
+            status = tracing::field::Empty,
+        );
+        let service = self.service.clone();
+        let timeout = self.timeout;
+        let id = request_id.0.clone();
+        // The request cannot be kept for building a response here (routing needs it
+        // unshared), so a panic or a timeout becomes an error the server renders; the
+        // error carries the request id itself.
+        let handled = async move {
+            let call = std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request)));
+            let outcome = match call {
+                Ok(future) => {
+                    tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await
+                }
+                Err(panic) => Ok(Err(panic)),
+            };
+            let response = match outcome {
+                Ok(Ok(Ok(response))) => response.map_into_boxed_body(),
+                Ok(Ok(Err(error))) => return Err(error),
+                Ok(Err(panic)) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|text| text.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    let error = ApiError::internal(anyhow::anyhow!(
+                        "a request handler panicked: {message}"
+                    ));
+                    tracing::Span::current().record("status", 500);
+                    return Err(error.for_request(&id).into());
+                }
+                Err(_) => {
+                    let error = ApiError::new(
+                        Code::RequestTimeout,
+                        format!(
+                            "The request took longer than {} s; for a write, retry with the same Idempotency-Key to learn its outcome",
+                            timeout.as_secs()
+                        ),
+                    );
+                    tracing::Span::current().record("status", 503);
+                    return Err(error.for_request(&id).into());
+                }
+            };
+            let mut response = response;
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+            }
+            tracing::Span::current().record("status", response.status().as_u16());
+            Ok(response)
+        };
+        Box::pin(CURRENT_REQUEST_ID.scope(request_id.0, handled.instrument(span)))
+    }
+}
+
+/// Error responses produced outside our handlers (an unknown route, a body over the
+/// limit, a wrong content type) get a problem+json body like every other error.
+pub fn problem_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().default_handler(|response: ServiceResponse<B>| {
+        let is_problem = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+        if is_problem {
+            return Ok(ErrorHandlerResponse::Response(
+                response.map_into_left_body(),
+            ));
+        }
+        let status = response.status();
+        let code = match status.as_u16() {
+            404 => Code::RouteNotFound,
+            405 => Code::MethodNotAllowed,
+            413 => Code::PayloadTooLarge,
+            415 => Code::UnsupportedMediaType,
+            400 => Code::MalformedJson,
+            401 => Code::Unauthenticated,
+            403 => Code::Forbidden,
+            408 | 503 | 504 => Code::RequestTimeout,
+            status if status >= 500 => Code::InternalError,
+            _ => Code::ValidationFailed,
+        };
+        let error = ApiError::new(code, code.title());
+        let (request, _) = response.into_parts();
+        let problem = error.error_response();
+        Ok(ErrorHandlerResponse::Response(
+            ServiceResponse::new(request, problem).map_into_right_body(),
+        ))
+    })
+}

@@ -1,0 +1,409 @@
+//! Moving money and reading it back: credit (admin), debit (self or admin), transfer
+//! (from one's own account; admin: any), a transaction by id, and histories.
+
+use actix_web::http::header::HeaderValue;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tally_actors::{
+    AccountId, Engine, HistoryCursor, HistoryQuery, MoveRequest, TransactionKind,
+    TransactionRecord, TransactionStatus,
+};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::domain::{parse_amount, parse_user_id};
+use crate::error::{ApiError, Code, FieldError, Problem};
+use crate::extract::{JsonBody, Query, from_str_opt, idempotency_key, path_user_id};
+use crate::routes::views::{Page, TransactionView, decode_cursor, encode_cursor, page_size};
+
+/// Header set on a response that replays the outcome of an earlier request with the
+/// same `Idempotency-Key`.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Body of a credit or debit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountMoveBody {
+    pub user_id: i64,
+    /// A decimal number or string with at most 2 decimals, e.g. 12.34 or "12.34".
+    #[schema(value_type = String, example = "12.34")]
+    pub amount: Box<RawValue>,
+}
+
+/// Body of a transfer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    pub from_user_id: i64,
+    pub to_user_id: i64,
+    #[schema(value_type = String, example = "12.34")]
+    pub amount: Box<RawValue>,
+}
+
+fn field<T>(name: &str, parsed: Result<T, String>, errors: &mut Vec<FieldError>) -> Option<T> {
+    parsed
+        .map_err(|message| errors.push(FieldError::new(name, message)))
+        .ok()
+}
+
+/// Run `request` and answer: 201 with the transaction when it completed (also on an
+/// idempotent replay, with the same body), 422 with the refusal's code and the recorded
+/// transaction when it failed or was rolled back.
+async fn run(
+    engine: &Engine,
+    caller: &AuthUser,
+    request: MoveRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (record, replayed) = engine.execute_with_replay(request).await?;
+    respond(&record, replayed, caller)
+}
+
+fn respond(
+    record: &TransactionRecord,
+    replayed: bool,
+    caller: &AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let view = TransactionView::for_viewer(record, caller);
+    if record.status == TransactionStatus::Completed {
+        let mut response = HttpResponse::Created();
+        if replayed {
+            response.insert_header((REPLAYED_HEADER, HeaderValue::from_static("true")));
+        }
+        return Ok(response.json(view));
+    }
+    let reason = record
+        .failure_reason
+        .map(Code::for_refusal)
+        .unwrap_or(Code::Unavailable);
+    let detail = match record.status {
+        TransactionStatus::RolledBack => {
+            format!(
+                "The credit was refused ({}); the debit was refunded",
+                reason.as_str()
+            )
+        }
+        _ => format!("The debit was refused ({})", reason.as_str()),
+    };
+    let mut error = ApiError::new(reason, detail);
+    error.transaction = serde_json::to_value(view).ok();
+    Err(error)
+}
+
+fn move_request(
+    request: MoveRequest,
+    caller: &AuthUser,
+    http: &HttpRequest,
+) -> Result<MoveRequest, ApiError> {
+    let mut request = request.initiated_by(caller.id.get());
+    if let Some(key) = idempotency_key(http)? {
+        request = request.idempotency_key(key);
+    }
+    Ok(request)
+}
+
+/// Deposit money into a user's account (admin only).
+#[utoipa::path(
+    tag = "transactions",
+    request_body = AccountMoveBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the first outcome")),
+    responses(
+        (status = 201, description = "Credited", body = TransactionView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, description = "Invalid, or refused (account_frozen, account_closed, account_not_found…) with the recorded transaction", body = Problem),
+        (status = 503, body = Problem)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/transactions/credit")]
+pub async fn credit(
+    engine: web::Data<Engine>,
+    caller: AuthUser,
+    http: HttpRequest,
+    body: JsonBody<AccountMoveBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    let mut errors = Vec::new();
+    let user = field("user_id", parse_user_id(body.user_id), &mut errors);
+    let amount = field("amount", parse_amount(&body.amount), &mut errors);
+    let (Some(user), Some(amount)) = (user, amount) else {
+        return Err(ApiError::validation(errors));
+    };
+    if !caller.is_admin() {
+        return Err(ApiError::forbidden("Only an admin may credit an account"));
+    }
+    let request = move_request(MoveRequest::credit(user, amount), &caller, &http)?;
+    run(&engine, &caller, request).await
+}
+
+/// Withdraw money from a user's account (the user themself, or an admin).
+#[utoipa::path(
+    tag = "transactions",
+    request_body = AccountMoveBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the first outcome")),
+    responses(
+        (status = 201, description = "Debited", body = TransactionView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, description = "Invalid, or refused (insufficient_funds, account_frozen…) with the recorded transaction", body = Problem),
+        (status = 503, body = Problem)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/transactions/debit")]
+pub async fn debit(
+    engine: web::Data<Engine>,
+    caller: AuthUser,
+    http: HttpRequest,
+    body: JsonBody<AccountMoveBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    let mut errors = Vec::new();
+    let user = field("user_id", parse_user_id(body.user_id), &mut errors);
+    let amount = field("amount", parse_amount(&body.amount), &mut errors);
+    let (Some(user), Some(amount)) = (user, amount) else {
+        return Err(ApiError::validation(errors));
+    };
+    if !caller.may_act_for(user) {
+        return Err(ApiError::forbidden("You may only debit your own account"));
+    }
+    let request = move_request(MoveRequest::debit(user, amount), &caller, &http)?;
+    run(&engine, &caller, request).await
+}
+
+/// Move money from one user's account to another's (from your own; admin: any).
+#[utoipa::path(
+    tag = "transactions",
+    request_body = TransferBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the first outcome")),
+    responses(
+        (status = 201, description = "Transferred", body = TransactionView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, description = "Invalid, or refused (insufficient_funds, self_transfer, account_frozen, account_not_found…) with the recorded transaction", body = Problem),
+        (status = 503, body = Problem)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/transactions/transfer")]
+pub async fn transfer(
+    engine: web::Data<Engine>,
+    caller: AuthUser,
+    http: HttpRequest,
+    body: JsonBody<TransferBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    let mut errors = Vec::new();
+    let from = field(
+        "from_user_id",
+        parse_user_id(body.from_user_id),
+        &mut errors,
+    );
+    let to = field("to_user_id", parse_user_id(body.to_user_id), &mut errors);
+    let amount = field("amount", parse_amount(&body.amount), &mut errors);
+    let (Some(from), Some(to), Some(amount)) = (from, to, amount) else {
+        return Err(ApiError::validation(errors));
+    };
+    if !caller.may_act_for(from) {
+        return Err(ApiError::forbidden(
+            "You may only transfer from your own account",
+        ));
+    }
+    let request = move_request(MoveRequest::transfer(from, to, amount), &caller, &http)?;
+    run(&engine, &caller, request).await
+}
+
+/// A transaction by id (its parties and admins only).
+#[utoipa::path(
+    tag = "transactions",
+    params(("id" = Uuid, Path, description = "Transaction id")),
+    responses(
+        (status = 200, body = TransactionView),
+        (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, description = "No such transaction, or not one of yours", body = Problem),
+        (status = 503, body = Problem)
+    ),
+    security(("bearer" = []))
+)]
+#[get("/transactions/{id}")]
+pub async fn by_id(
+    engine: web::Data<Engine>,
+    caller: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = Uuid::parse_str(&path)
+        .map_err(|_| ApiError::invalid_parameter("id", "must be a transaction id (UUID)"))?;
+    let record = engine.store().transaction(id).await.map_err(|error| {
+        ApiError::new(Code::Unavailable, "The store could not be read").with_cause(error)
+    })?;
+    match record {
+        Some(record) if caller.is_admin() || caller.id == record.from || caller.id == record.to => {
+            Ok(HttpResponse::Ok().json(TransactionView::for_viewer(&record, &caller)))
+        }
+        _ => Err(ApiError::new(
+            Code::TransactionNotFound,
+            format!("No transaction {id} of yours"),
+        )),
+    }
+}
+
+/// Filters and paging of a history.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// `credit`, `debit` or `transfer`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `completed`, `failed` or `rolled_back`.
+    pub status: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    #[serde(default, deserialize_with = "from_str_opt")]
+    #[param(value_type = Option<String>)]
+    pub from: Option<DateTime<Utc>>,
+    /// Created before this time (RFC 3339).
+    #[serde(default, deserialize_with = "from_str_opt")]
+    #[param(value_type = Option<String>)]
+    pub to: Option<DateTime<Utc>>,
+    /// Only transactions with this other user.
+    #[serde(default, deserialize_with = "from_str_opt")]
+    #[param(value_type = Option<i64>)]
+    pub counterparty: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Entries per page, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "from_str_opt")]
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<i64>,
+}
+
+async fn history_of(
+    engine: &Engine,
+    caller: &AuthUser,
+    account: AccountId,
+    params: HistoryParams,
+) -> Result<HttpResponse, ApiError> {
+    let kind = params
+        .kind
+        .as_deref()
+        .map(|kind| {
+            TransactionKind::parse(kind).ok_or_else(|| {
+                ApiError::invalid_parameter("type", "must be credit, debit or transfer")
+            })
+        })
+        .transpose()?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|status| {
+            TransactionStatus::parse(status).ok_or_else(|| {
+                ApiError::invalid_parameter("status", "must be completed, failed or rolled_back")
+            })
+        })
+        .transpose()?;
+    if let (Some(from), Some(to)) = (params.from, params.to)
+        && from > to
+    {
+        return Err(ApiError::invalid_parameter(
+            "from",
+            "must not be after `to`",
+        ));
+    }
+    let counterparty = params
+        .counterparty
+        .map(|id| {
+            parse_user_id(id)
+                .map_err(|message| ApiError::invalid_parameter("counterparty", message))
+        })
+        .transpose()?;
+    let before = params.cursor.as_deref().map(history_cursor).transpose()?;
+    let limit = page_size(params.limit)?;
+    let query = HistoryQuery {
+        account,
+        kind,
+        status,
+        since: params.from,
+        until: params.to,
+        counterparty,
+        before,
+        limit: limit + 1,
+    };
+    let mut items = engine.store().history(&query).await.map_err(|error| {
+        ApiError::new(Code::Unavailable, "The store could not be read").with_cause(error)
+    })?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|item| encode_cursor(&format!("{}:{}", item.position, item.transaction.id)))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(Page {
+        items: items
+            .iter()
+            .map(|item| TransactionView::for_viewer(&item.transaction, caller))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+fn history_cursor(cursor: &str) -> Result<HistoryCursor, ApiError> {
+    let text = decode_cursor(cursor)?;
+    let parsed = text.split_once(':').and_then(|(position, id)| {
+        Some(HistoryCursor {
+            position: position.parse().ok()?,
+            id: Uuid::parse_str(id).ok()?,
+        })
+    });
+    parsed.ok_or_else(|| ApiError::invalid_parameter("cursor", "is not a cursor this API returned"))
+}
+
+/// Your own transactions, newest first.
+#[utoipa::path(
+    tag = "transactions",
+    params(HistoryParams),
+    responses(
+        (status = 200, body = Page<TransactionView>),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 503, body = Problem)
+    ),
+    security(("bearer" = []))
+)]
+#[get("/transactions/history")]
+pub async fn history(
+    engine: web::Data<Engine>,
+    caller: AuthUser,
+    params: Query<HistoryParams>,
+) -> Result<HttpResponse, ApiError> {
+    history_of(&engine, &caller, caller.id, params.0).await
+}
+
+/// A user's transactions, newest first (the user themself, or an admin).
+#[utoipa::path(
+    tag = "transactions",
+    params(("user_id" = i64, Path, description = "User id"), HistoryParams),
+    responses(
+        (status = 200, body = Page<TransactionView>),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 503, body = Problem)
+    ),
+    security(("bearer" = []))
+)]
+#[get("/transactions/user/{user_id}")]
+pub async fn of_user(
+    engine: web::Data<Engine>,
+    caller: AuthUser,
+    path: web::Path<String>,
+    params: Query<HistoryParams>,
+) -> Result<HttpResponse, ApiError> {
+    let user = path_user_id(&path)?;
+    if !caller.may_act_for(user) {
+        return Err(ApiError::forbidden(
+            "You may only read your own transactions",
+        ));
+    }
+    history_of(&engine, &caller, user, params.0).await
+}
