@@ -13,8 +13,7 @@ const USAGE: &str = "usage: tally [serve | migrate | verify | admin create --use
   serve         run the HTTP service (the default)
   migrate       apply the database migrations and exit
   verify        check the ledger's invariants in the store and exit non-zero on any violation
-  admin create  create an admin user; the password comes from TALLY_ADMIN_PASSWORD or
-                the first line of standard input
+  admin create  create an admin user; the password is the first line of standard input
 
 Configuration comes from the environment (and .env); see README.md.";
 
@@ -99,16 +98,11 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
             }
         }
         Command::CreateAdmin { username, email } => {
-            let password = match std::env::var("TALLY_ADMIN_PASSWORD") {
-                Ok(password) if !password.is_empty() => password,
-                _ => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .context("reading the password from standard input")?;
-                    line.trim_end_matches(['\r', '\n']).to_string()
-                }
-            };
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']).to_string();
             let store = Store::connect(&settings.engine.database_url, 2)
                 .await
                 .context("connecting to the store")?;

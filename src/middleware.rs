@@ -195,3 +195,77 @@ pub fn problem_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::*;
+
+    async fn panics() -> HttpResponse {
+        panic!("a bug")
+    }
+
+    async fn sleeps() -> HttpResponse {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        HttpResponse::Ok().finish()
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_becomes_a_generic_500_problem_with_the_request_id() {
+        let app = test::init_service(App::new().route("/panic", web::get().to(panics)).wrap(
+            RequestGuard {
+                timeout: Duration::from_secs(10),
+            },
+        ))
+        .await;
+        let request = test::TestRequest::get()
+            .uri("/panic")
+            .insert_header((REQUEST_ID_HEADER, "abc-123"))
+            .to_request();
+        let error = app
+            .call(request)
+            .await
+            .expect_err("the guard answers with an error");
+        let response = error.error_response();
+        assert_eq!(response.status().as_u16(), 500);
+        assert_eq!(
+            response.headers().get(REQUEST_ID_HEADER).unwrap(),
+            "abc-123"
+        );
+        let body = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal_error");
+        assert_eq!(body["request_id"], "abc-123");
+        assert!(
+            !body.to_string().contains("a bug"),
+            "panic text never reaches a client"
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_request_over_the_time_limit_is_answered_503() {
+        let app = test::init_service(App::new().route("/slow", web::get().to(sleeps)).wrap(
+            RequestGuard {
+                timeout: Duration::from_millis(50),
+            },
+        ))
+        .await;
+        let error = app
+            .call(test::TestRequest::get().uri("/slow").to_request())
+            .await
+            .expect_err("timed out");
+        let response = error.error_response();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+        let body = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "request_timeout");
+    }
+}

@@ -60,3 +60,37 @@ on_both_stores!(
     readyz_is_200_while_the_store_takes_writes_and_503_when_it_does_not,
     request_ids_are_echoed_or_generated_and_security_headers_set,
 );
+
+async fn cors_allows_only_the_configured_origins(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(
+        backend,
+        &[("TALLY_CORS_ORIGINS", "https://app.example.com")],
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(
+                reqwest::Method::OPTIONS,
+                app.url("/api/v1/balances/current"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let refused = preflight("https://evil.example.com").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    app.stop().await;
+}
+
+on_both_stores!(cors_allows_only_the_configured_origins);

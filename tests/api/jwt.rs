@@ -127,6 +127,18 @@ async fn a_role_change_retires_tokens_issued_before(backend: Backend) {
     .assert_problem(401, "unauthenticated");
     let fresh = app.login("promoted", crate::helpers::PASSWORD).await;
     assert_eq!(fresh.body["user"]["role"], "admin");
+    let audit = app
+        .engine
+        .store()
+        .audit_entries("user", &user.id.to_string())
+        .await
+        .unwrap();
+    let change = audit
+        .iter()
+        .find(|entry| entry.action == "role_changed")
+        .expect("the role change is audited");
+    assert_eq!(change.actor_user_id, Some(admin.id));
+    assert_eq!(change.details, json!({ "from": "user", "to": "admin" }));
     app.stop().await;
 }
 

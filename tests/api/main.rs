@@ -6,6 +6,7 @@ mod auth;
 mod authorization;
 mod bad_inputs;
 mod balances;
+mod cli;
 mod concurrency;
 mod health;
 mod jwt;
