@@ -67,11 +67,13 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let settings = Settings::from_environment(&Environment::from_process())?;
-    telemetry::init(&settings.log);
+    let telemetry = telemetry::init(&settings.log);
     match command {
         Command::Serve => {
             let application = Application::build(settings).await?;
-            application.run_until_stopped().await?;
+            let served = application.run_until_stopped().await;
+            telemetry.shutdown();
+            served?;
             Ok(0)
         }
         Command::Migrate => {

@@ -78,6 +78,9 @@ pub struct LogSettings {
     pub format: Option<LogFormat>,
     /// An `EnvFilter` directive such as `info` or `tally=debug,sqlx=warn`.
     pub filter: String,
+    /// OTLP/HTTP base endpoint traces are exported to (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// or the Go service's `JAEGER_URL`); none: no exporter, no cost.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A variable that could not be used, with what it accepts.
@@ -297,7 +300,14 @@ impl Settings {
             },
             host: env.get("HOST").unwrap_or("0.0.0.0").to_string(),
             port: env.parse("PORT", 8080, "a port number (0-65535)")?,
-            log: LogSettings { format, filter },
+            log: LogSettings {
+                format,
+                filter,
+                otlp_endpoint: env
+                    .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .or_else(|| env.get("JAEGER_URL"))
+                    .map(str::to_string),
+            },
             shutdown_timeout: Duration::from_secs(env.parse(
                 "TALLY_SHUTDOWN_TIMEOUT_SECONDS",
                 30,

@@ -8,6 +8,7 @@ pub mod configuration;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod middleware;
 pub mod routes;
 pub mod startup;

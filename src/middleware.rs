@@ -16,8 +16,12 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::error::{ApiError, Code, PROBLEM_JSON};
+use crate::metrics::HttpMetrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The route label of requests that matched no route (or whose route is unknown):
+/// raw paths never become labels.
+const UNMATCHED_ROUTE: &str = "unmatched";
 /// Longest request id taken from a client; longer ones are replaced.
 const REQUEST_ID_LENGTH_MAX: usize = 128;
 
@@ -55,10 +59,49 @@ impl RequestId {
     }
 }
 
-/// The outermost layer: request id, a span per request, panics caught, a time limit.
+/// The outermost layer: request id, a span and an access log line per request, HTTP
+/// metrics, panics caught, a time limit.
 #[derive(Clone, Debug)]
 pub struct RequestGuard {
     pub timeout: Duration,
+    pub metrics: Option<HttpMetrics>,
+    pub routes: RouteTemplates,
+}
+
+/// The route templates the server serves, to name a request by its template (never
+/// its raw path: ids must not become span names or metric labels) before routing has
+/// happened.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTemplates {
+    templates: Rc<Vec<(String, actix_web::dev::ResourceDef)>>,
+}
+
+impl RouteTemplates {
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut templates: Vec<(String, actix_web::dev::ResourceDef)> = templates
+            .into_iter()
+            .map(|template| {
+                (
+                    template.to_string(),
+                    actix_web::dev::ResourceDef::new(template),
+                )
+            })
+            .collect();
+        // Literal segments win over parameters: `/transactions/history` before
+        // `/transactions/{id}`.
+        templates.sort_by_key(|(template, _)| template.matches('{').count());
+        RouteTemplates {
+            templates: Rc::new(templates),
+        }
+    }
+
+    /// The template `path` matches, or "unmatched".
+    pub fn template_of(&self, path: &str) -> &str {
+        self.templates
+            .iter()
+            .find(|(_, definition)| definition.is_match(path))
+            .map_or(UNMATCHED_ROUTE, |(template, _)| template.as_str())
+    }
 }
 
 impl<S, B> Transform<S, ServiceRequest> for RequestGuard
@@ -76,6 +119,8 @@ where
         ready(Ok(RequestGuardService {
             service: Rc::new(service),
             timeout: self.timeout,
+            metrics: self.metrics.clone(),
+            routes: self.routes.clone(),
         }))
     }
 }
@@ -84,6 +129,8 @@ where
 pub struct RequestGuardService<S> {
     service: Rc<S>,
     timeout: Duration,
+    metrics: Option<HttpMetrics>,
+    routes: RouteTemplates,
 }
 
 impl<S, B> Service<ServiceRequest> for RequestGuardService<S>
@@ -100,16 +147,50 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let request_id = RequestId::from_request(&request);
         request.extensions_mut().insert(request_id.clone());
+        let method = request.method().to_string();
+        let request_bytes = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0);
+        let route = self.routes.template_of(request.path()).to_string();
         let span = tracing::info_span!(
             "http.request",
+            otel.name = format!("{method} {route}"),
+            otel.kind = "server",
             request_id = %request_id.0,
-            method = %request.method(),
-            path = %request.path(),
-            status = tracing::field::Empty,
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
         );
         let service = self.service.clone();
         let timeout = self.timeout;
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
         let id = request_id.0.clone();
+        // Counts and logs one answered request.
+        let finish = move |status: u16, response_bytes: Option<u64>| {
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::Span::current().record("http.response.status_code", status);
+            if let Some(metrics) = &metrics {
+                metrics.observe(
+                    &method,
+                    &route,
+                    status,
+                    seconds,
+                    request_bytes,
+                    response_bytes,
+                );
+            }
+            tracing::info!(
+                method = %method,
+                route = %route,
+                status,
+                duration_ms = seconds * 1e3,
+                "request"
+            );
+        };
         // The request cannot be kept for building a response here (routing needs it
         // unshared), so a panic or a timeout becomes an error the server renders; the
         // error carries the request id itself.
@@ -123,7 +204,10 @@ where
             };
             let response = match outcome {
                 Ok(Ok(Ok(response))) => response.map_into_boxed_body(),
-                Ok(Ok(Err(error))) => return Err(error),
+                Ok(Ok(Err(error))) => {
+                    finish(error.as_response_error().status_code().as_u16(), None);
+                    return Err(error);
+                }
                 Ok(Err(panic)) => {
                     let message = panic
                         .downcast_ref::<&str>()
@@ -144,7 +228,7 @@ where
                             timeout.as_secs()
                         ),
                     );
-                    tracing::Span::current().record("status", 503);
+                    finish(503, None);
                     return Err(error.for_request(&id).into());
                 }
             };
@@ -154,7 +238,11 @@ where
                     .headers_mut()
                     .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
             }
-            tracing::Span::current().record("status", response.status().as_u16());
+            let response_bytes = match response.response().body().size() {
+                actix_web::body::BodySize::Sized(bytes) => Some(bytes),
+                _ => None,
+            };
+            finish(response.status().as_u16(), response_bytes);
             Ok(response)
         };
         Box::pin(CURRENT_REQUEST_ID.scope(request_id.0, handled.instrument(span)))
@@ -197,7 +285,33 @@ pub fn problem_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
 }
 
 #[cfg(test)]
+mod route_tests {
+    #[test]
+    fn requests_are_named_by_their_route_template() {
+        let routes = super::RouteTemplates::new([
+            "/api/v1/transactions/{id}",
+            "/api/v1/transactions/history",
+            "/api/v1/transactions/user/{user_id}",
+        ]);
+        assert_eq!(
+            routes.template_of("/api/v1/transactions/history"),
+            "/api/v1/transactions/history"
+        );
+        assert_eq!(
+            routes.template_of("/api/v1/transactions/0190abcd"),
+            "/api/v1/transactions/{id}"
+        );
+        assert_eq!(
+            routes.template_of("/api/v1/transactions/user/7"),
+            "/api/v1/transactions/user/{user_id}"
+        );
+        assert_eq!(routes.template_of("/wp-admin.php"), "unmatched");
+    }
+}
+
+#[cfg(test)]
 mod tests {
+
     use std::time::Duration;
 
     use actix_web::{App, HttpResponse, test, web};
@@ -218,6 +332,8 @@ mod tests {
         let app = test::init_service(App::new().route("/panic", web::get().to(panics)).wrap(
             RequestGuard {
                 timeout: Duration::from_secs(10),
+                metrics: None,
+                routes: RouteTemplates::default(),
             },
         ))
         .await;
@@ -252,6 +368,8 @@ mod tests {
         let app = test::init_service(App::new().route("/slow", web::get().to(sleeps)).wrap(
             RequestGuard {
                 timeout: Duration::from_millis(50),
+                metrics: None,
+                routes: RouteTemplates::default(),
             },
         ))
         .await;

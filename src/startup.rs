@@ -18,7 +18,8 @@ use crate::auth::{Auth, AuthSettings};
 use crate::configuration::{JWT_SECRET_BYTES_MIN, Settings};
 use crate::error::{ApiError, Code};
 use crate::extract::BODY_SIZE_MAX;
-use crate::middleware::{RequestGuard, problem_bodies};
+use crate::metrics::HttpMetrics;
+use crate::middleware::{RequestGuard, RouteTemplates, problem_bodies};
 use crate::routes::{admin, auth, balances, health, openapi, transactions, users};
 
 /// Register every route. Order matters where paths overlap: `/transactions/history`
@@ -27,6 +28,7 @@ pub fn routes(config: &mut ServiceConfig) {
     config
         .service(health::healthz)
         .service(health::readyz)
+        .service(health::metrics)
         .service(health::legacy_health)
         .service(
             utoipa_actix_web::scope("/api/v1")
@@ -184,7 +186,11 @@ impl Application {
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
-        let document = web::Data::new(openapi_document());
+        let http_metrics = HttpMetrics::new(&engine.metrics().registry)?;
+        let metrics_data = web::Data::new(http_metrics.clone());
+        let document = openapi_document();
+        let templates: Vec<String> = document.paths.paths.keys().cloned().collect();
+        let document = web::Data::new(document);
         let engine_data = web::Data::new(engine.clone());
         let auth_data = web::Data::new(auth);
         let http = settings.http.clone();
@@ -208,6 +214,7 @@ impl Application {
                 .app_data(engine_data.clone())
                 .app_data(auth_data.clone())
                 .app_data(document.clone())
+                .app_data(metrics_data.clone())
                 .app_data(web::PayloadConfig::new(BODY_SIZE_MAX))
                 .configure(routes)
                 .default_service(web::to(route_not_found))
@@ -227,6 +234,8 @@ impl Application {
                 )
                 .wrap(RequestGuard {
                     timeout: http.request_timeout,
+                    metrics: Some(http_metrics.clone()),
+                    routes: RouteTemplates::new(templates.iter().map(String::as_str)),
                 })
         })
         .shutdown_timeout(settings.shutdown_timeout.as_secs());

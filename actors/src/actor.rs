@@ -81,6 +81,12 @@ impl AccountActor {
         Instant::now()
     }
 
+    /// A span for handling one message, child of the step that sent it.
+    fn span(&self, parent: &tracing::Span, message: &'static str) -> tracing::span::EnteredSpan {
+        tracing::debug_span!(parent: parent, "actor.handle", message, account = self.id.get())
+            .entered()
+    }
+
     fn handled(&self, message: &str, began: Instant) {
         self.shared
             .metrics
@@ -179,17 +185,21 @@ impl AccountActor {
 const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Take `amount` out of the account (the first step of a transfer).
-#[derive(Clone, Copy, Debug, Message)]
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<AccountEffect, StepError>")]
 pub(crate) struct Debit {
     pub amount: Amount,
     pub at: DateTime<Utc>,
+    /// The coordinator step this message belongs to (a disabled span unless tracing
+    /// is exported).
+    pub span: tracing::Span,
 }
 
 impl Handler<Debit> for AccountActor {
     type Result = Result<AccountEffect, StepError>;
 
     fn handle(&mut self, message: Debit, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "debit");
         let began = self.received();
         let result = self.state().and_then(|state| {
             let version = state.version;
@@ -203,17 +213,21 @@ impl Handler<Debit> for AccountActor {
 }
 
 /// Put `amount` into the account (the second step of a transfer).
-#[derive(Clone, Copy, Debug, Message)]
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<AccountEffect, StepError>")]
 pub(crate) struct Credit {
     pub amount: Amount,
     pub at: DateTime<Utc>,
+    /// The coordinator step this message belongs to (a disabled span unless tracing
+    /// is exported).
+    pub span: tracing::Span,
 }
 
 impl Handler<Credit> for AccountActor {
     type Result = Result<AccountEffect, StepError>;
 
     fn handle(&mut self, message: Credit, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "credit");
         let began = self.received();
         let result = self.state().and_then(|state| {
             let version = state.version;
@@ -228,17 +242,21 @@ impl Handler<Credit> for AccountActor {
 
 /// Give back a debit whose credit was refused. Sent only to an actor that applied the
 /// debit and cannot have passivated since (its version is not durable yet).
-#[derive(Clone, Copy, Debug, Message)]
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<AccountEffect, StepError>")]
 pub(crate) struct Refund {
     pub amount: Amount,
     pub at: DateTime<Utc>,
+    /// The coordinator step this message belongs to (a disabled span unless tracing
+    /// is exported).
+    pub span: tracing::Span,
 }
 
 impl Handler<Refund> for AccountActor {
     type Result = Result<AccountEffect, StepError>;
 
     fn handle(&mut self, message: Refund, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "refund");
         let began = self.received();
         let result = self
             .state()
@@ -249,17 +267,19 @@ impl Handler<Refund> for AccountActor {
 }
 
 /// Change the account's status; replies with the status before and the effect.
-#[derive(Clone, Copy, Debug, Message)]
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<Result<(AccountStatus, AccountEffect), StatusChangeRefusal>, StepError>")]
 pub(crate) struct SetStatus {
     pub status: AccountStatus,
     pub at: DateTime<Utc>,
+    pub span: tracing::Span,
 }
 
 impl Handler<SetStatus> for AccountActor {
     type Result = Result<Result<(AccountStatus, AccountEffect), StatusChangeRefusal>, StepError>;
 
     fn handle(&mut self, message: SetStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "set_status");
         let began = self.received();
         let result = self.state().map(|state| {
             let before = state.status;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal};
@@ -202,6 +203,10 @@ impl Engine {
             tracing::error!(accounts, sum = %sum, "CONSERVATION BROKEN: all balances sum to {sum}, not 0; run `tally verify`");
         }
         let metrics = EngineMetrics::new();
+        metrics.include_store(store.metrics());
+        metrics
+            .persister_queue_capacity
+            .set(config.queue_capacity as i64);
         let durable = Arc::new(crate::persister::DurableVersions::new());
         let persister = Persister::start(&store, &config, durable.clone(), metrics.clone())?;
         let (owned_arbiters, handles) = match config.placement {
@@ -267,11 +272,22 @@ impl Engine {
         let guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
         let (reply, outcome) = oneshot::channel();
         let shared = self.shared.clone();
+        let span = tracing::debug_span!(
+            "ledger.transfer",
+            kind = request.kind.as_str(),
+            from = request.from.get(),
+            to = request.to.get(),
+            amount_minor = request.amount.minor(),
+            outcome = tracing::field::Empty,
+        );
         // A task of its own: the transfer finishes even if the caller stops waiting.
-        tokio::spawn(async move {
-            coordinate(shared, request, reply).await;
-            drop(guard);
-        });
+        tokio::spawn(
+            async move {
+                coordinate(shared, request, reply).await;
+                drop(guard);
+            }
+            .instrument(span),
+        );
         outcome.await.unwrap_or(Err(EngineError::Unavailable(
             "the engine stopped; the outcome is not known",
         )))
@@ -311,9 +327,10 @@ impl Engine {
         let _guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
         let reservation = self.shared.persister.reserve()?;
         let at = self.shared.clock.now();
+        let span = tracing::Span::current();
         let reply = self
             .shared
-            .ask(id, SetStatus { status, at }, false)
+            .ask(id, SetStatus { status, at, span }, false)
             .await
             .map_err(|error| send_error(id, error))?
             .map_err(|error| step_error(id, error))?;
@@ -334,6 +351,7 @@ impl Engine {
             audit: vec![entry],
             applied_at: Instant::now(),
             ack: None,
+            span: tracing::Span::current(),
         };
         let strict = self.shared.config.durability == Durability::Strict;
         if let Some(ack) = self.shared.persister.submit(reservation, write, strict) {
@@ -374,6 +392,10 @@ impl Engine {
     pub fn refresh_gauges(&self) {
         let depth = self.shared.registry.mailbox_depth();
         self.shared.metrics.actor_mailbox_depth.set(depth as i64);
+        let (in_use, idle) = self.shared.store.pool_connections();
+        let pool = &self.shared.store.metrics().pool_connections;
+        pool.with_label_values(&["in_use"]).set(in_use as i64);
+        pool.with_label_values(&["idle"]).set(idle as i64);
     }
 
     /// Make every live actor check for passivation now (the same check runs on a timer).
@@ -488,12 +510,14 @@ async fn coordinate(
         }
     };
     let strict = shared.config.durability == Durability::Strict;
+    tracing::Span::current().record("outcome", record.status.as_str());
     let write = PendingWrite {
         transaction: Some(record.clone()),
         effects,
         audit: Vec::new(),
         applied_at: Instant::now(),
         ack: None,
+        span: tracing::Span::current(),
     };
     let submitted = Instant::now();
     let ack = shared
@@ -505,7 +529,11 @@ async fn coordinate(
         let _ = reply.send(Ok((record.clone(), false)));
     }
     let mut ack = ack;
-    let durable = match tokio::time::timeout(shared.config.durable_wait_max, &mut ack).await {
+    let durable_span = tracing::debug_span!("ledger.durable");
+    let waited = tokio::time::timeout(shared.config.durable_wait_max, &mut ack)
+        .instrument(durable_span.clone())
+        .await;
+    let durable = match waited {
         Ok(result) => result.is_ok(),
         Err(_) => {
             if let Some(reply) = reply.take() {
@@ -515,7 +543,7 @@ async fn coordinate(
             }
             // Keep the idempotency key claimed until the write is durable, so a retry
             // waits for this outcome rather than applying the movement again.
-            ack.await.is_ok()
+            ack.instrument(durable_span).await.is_ok()
         }
     };
     shared
@@ -546,15 +574,18 @@ async fn apply(
     let metrics = &shared.metrics;
     let created_at = shared.clock.now();
     let step = Instant::now();
+    let step_span = tracing::debug_span!("ledger.debit", account = request.from.get());
     let debit = shared
         .ask(
             request.from,
             Debit {
                 amount: request.amount,
                 at: created_at,
+                span: step_span.clone(),
             },
             false,
         )
+        .instrument(step_span)
         .await
         .map_err(|error| send_error(request.from, error))?;
     metrics
@@ -599,15 +630,18 @@ async fn apply(
     record.debit = Some(position(&debited));
 
     let step = Instant::now();
+    let step_span = tracing::debug_span!("ledger.credit", account = request.to.get());
     let credit = shared
         .ask(
             request.to,
             Credit {
                 amount: request.amount,
                 at: shared.clock.now(),
+                span: step_span.clone(),
             },
             true,
         )
+        .instrument(step_span)
         .await;
     metrics
         .transfer_step_duration
@@ -634,7 +668,13 @@ async fn apply(
     };
 
     let step = Instant::now();
-    let refunded = refund(shared, request.from, request.amount).await;
+    let refunded = refund(shared, request.from, request.amount)
+        .instrument(tracing::debug_span!(
+            "ledger.refund",
+            account = request.from.get(),
+            reason = refusal.code()
+        ))
+        .await;
     metrics
         .transfer_step_duration
         .with_label_values(&["refund"])
@@ -657,17 +697,12 @@ async fn apply(
 async fn refund(shared: &Arc<Shared>, from: AccountId, amount: Amount) -> AccountEffect {
     let mut pause = Duration::from_millis(1);
     loop {
-        match shared
-            .ask(
-                from,
-                Refund {
-                    amount,
-                    at: shared.clock.now(),
-                },
-                true,
-            )
-            .await
-        {
+        let message = Refund {
+            amount,
+            at: shared.clock.now(),
+            span: tracing::Span::current(),
+        };
+        match shared.ask(from, message, true).await {
             Ok(Ok(effect)) => return effect,
             other => {
                 tracing::error!(account = %from, outcome = ?other, "refund could not be delivered; retrying");

@@ -24,6 +24,69 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
 
+/// The store's own families: operations by name and outcome, their latency, and the
+/// read pool's connections.
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    pub operations: IntCounterVec,
+    pub duration: HistogramVec,
+    pub pool_connections: prometheus::IntGaugeVec,
+}
+
+impl StoreMetrics {
+    pub fn new() -> Self {
+        StoreMetrics {
+            operations: IntCounterVec::new(
+                Opts::new(
+                    "tally_db_operations_total",
+                    "Store operations by name and outcome",
+                ),
+                &["operation", "outcome"],
+            )
+            .unwrap(),
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "tally_db_operation_duration_seconds",
+                    "Latency of store operations by name",
+                )
+                .buckets(IO_BUCKETS_SECONDS.to_vec()),
+                &["operation"],
+            )
+            .unwrap(),
+            pool_connections: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tally_db_pool_connections",
+                    "Connections of the read pool by state",
+                ),
+                &["state"],
+            )
+            .unwrap(),
+        }
+    }
+
+    pub fn record(&self, operation: &str, ok: bool, took: std::time::Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.operations
+            .with_label_values(&[operation, outcome])
+            .inc();
+        self.duration
+            .with_label_values(&[operation])
+            .observe(took.as_secs_f64());
+    }
+
+    fn register(&self, registry: &Registry) {
+        register(registry, self.operations.clone());
+        register(registry, self.duration.clone());
+        register(registry, self.pool_connections.clone());
+    }
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineMetrics {
     pub registry: Registry,
@@ -38,6 +101,7 @@ pub struct EngineMetrics {
     pub transfer_step_duration: HistogramVec,
     pub amount_moved_minor: IntCounterVec,
     pub persister_queue_depth: IntGauge,
+    pub persister_queue_capacity: IntGauge,
     pub persister_batch_size: Histogram,
     pub persister_flush_duration: Histogram,
     pub persister_durable_lag: Histogram,
@@ -162,6 +226,14 @@ impl EngineMetrics {
                 )
                 .unwrap(),
             ),
+            persister_queue_capacity: register(
+                r,
+                IntGauge::new(
+                    "tally_persister_queue_capacity",
+                    "Writes the persister accepts before refusing new ones",
+                )
+                .unwrap(),
+            ),
             persister_batch_size: register(
                 r,
                 Histogram::with_opts(
@@ -221,6 +293,13 @@ impl EngineMetrics {
             ),
             registry,
         }
+    }
+}
+
+impl EngineMetrics {
+    /// Add the store's families to this registry.
+    pub fn include_store(&self, store: &StoreMetrics) {
+        store.register(&self.registry);
     }
 }
 

@@ -58,6 +58,8 @@ pub(crate) struct PendingWrite {
     /// Resolved once the write is durable; dropped unresolved if the persister stops
     /// without writing it.
     pub ack: Option<oneshot::Sender<()>>,
+    /// The operation that made this write; the batch that makes it durable links to it.
+    pub span: tracing::Span,
 }
 
 enum Command {
@@ -424,11 +426,14 @@ impl Writer {
         let batch = build_batch(&writes);
         let metrics = &self.shared.metrics;
         let mut backoff = self.backoff_min;
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "persister.batch",
             writes = writes.len(),
             accounts = batch.balances.len()
         );
+        for write in &writes {
+            span.follows_from(&write.span);
+        }
         let _entered = span.enter();
         loop {
             let started = Instant::now();
@@ -650,6 +655,7 @@ mod tests {
             audit: Vec::new(),
             applied_at: Instant::now(),
             ack: None,
+            span: tracing::Span::none(),
         }
     }
 

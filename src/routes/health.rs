@@ -73,3 +73,17 @@ pub async fn readyz(engine: web::Data<Engine>) -> HttpResponse {
             .json(body)
     }
 }
+
+/// Prometheus metrics: HTTP, database, actors, coordinator, persister, business.
+#[utoipa::path(tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
+#[get("/metrics")]
+pub async fn metrics(
+    engine: web::Data<Engine>,
+    http: web::Data<crate::metrics::HttpMetrics>,
+) -> HttpResponse {
+    let text = crate::metrics::render(&engine, &http).await;
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text)
+}

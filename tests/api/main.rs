@@ -10,5 +10,7 @@ mod cli;
 mod concurrency;
 mod health;
 mod jwt;
+mod logs;
+mod metrics;
 mod openapi;
 mod transactions;

@@ -10,6 +10,7 @@ use crate::on_both_stores;
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
     ("get", "/api/v1/test/health"),
     ("get", "/api/v1/openapi.json"),
     ("post", "/api/v1/auth/register"),

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal};
 use crate::clock::{Clock, SystemClock};
+use crate::metrics::StoreMetrics;
 use crate::money::{AccountId, Amount};
 use crate::record::{
     AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
@@ -158,6 +159,7 @@ impl fmt::Display for Violation {
 pub struct Store {
     backend: Backend,
     faults: Arc<Faults>,
+    metrics: Arc<StoreMetrics>,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +183,19 @@ fn page_size(limit: i64) -> i64 {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Store {
+    /// Run one store operation, counting it and timing it by name.
+    async fn observed<T, E>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        self.metrics
+            .record(operation, result.is_ok(), started.elapsed());
+        result
+    }
+
     /// Connect to `url` (`postgres://…` or `sqlite://…`) and apply pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Store> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -199,6 +214,7 @@ impl Store {
         let store = Store {
             backend,
             faults: Arc::new(Faults::default()),
+            metrics: Arc::new(StoreMetrics::new()),
         };
         store.migrate().await.context("applying migrations")?;
         Ok(store)
@@ -219,6 +235,7 @@ impl Store {
         Ok(Store {
             backend,
             faults: self.faults.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -245,6 +262,20 @@ impl Store {
         }
     }
 
+    /// The store's operation counters and timings (shared with its writer handle).
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// Connections of this handle's pool: (in use, idle).
+    pub fn pool_connections(&self) -> (usize, usize) {
+        let (size, idle) = match &self.backend {
+            Backend::Postgres(store) => (store.pool.size() as usize, store.pool.num_idle()),
+            Backend::Sqlite(store) => (store.pool.size() as usize, store.pool.num_idle()),
+        };
+        (size.saturating_sub(idle), idle)
+    }
+
     pub fn faults(&self) -> &Faults {
         &self.faults
     }
@@ -258,64 +289,82 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        self.faults.check_read()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.ping().await,
-            Backend::Sqlite(store) => store.ping().await,
-        }
+        self.observed("ping", async {
+            self.faults.check_read()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.ping().await,
+                Backend::Sqlite(store) => store.ping().await,
+            }
+        })
+        .await
     }
 
     /// Create an empty, active account; returns false when it already existed.
     pub async fn create_account(&self, id: AccountId) -> anyhow::Result<bool> {
-        Ok(self.create_accounts(&[id]).await? == 1)
+        self.observed("create_account", async {
+            Ok(self.create_accounts(&[id]).await? == 1)
+        })
+        .await
     }
 
     /// Create empty, active accounts in one statement; returns how many were new.
     pub async fn create_accounts(&self, ids: &[AccountId]) -> anyhow::Result<u64> {
-        self.faults.check_write()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.create_accounts(ids).await,
-            Backend::Sqlite(store) => store.create_accounts(ids).await,
-        }
+        self.observed("create_accounts", async {
+            self.faults.check_write()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.create_accounts(ids).await,
+                Backend::Sqlite(store) => store.create_accounts(ids).await,
+            }
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<AccountState>> {
-        self.faults.check_read()?;
-        let row = match &self.backend {
-            Backend::Postgres(store) => store.load_account(id).await?,
-            Backend::Sqlite(store) => store.load_account(id).await?,
-        };
-        row.map(|(balance, held, status, version)| {
-            Ok(AccountState {
-                id,
-                balance,
-                held,
-                status: AccountStatus::parse(&status)
-                    .with_context(|| format!("account {id} has unknown status {status:?}"))?,
-                version: u64::try_from(version).context("negative account version")?,
+        self.observed("load_account", async {
+            self.faults.check_read()?;
+            let row = match &self.backend {
+                Backend::Postgres(store) => store.load_account(id).await?,
+                Backend::Sqlite(store) => store.load_account(id).await?,
+            };
+            row.map(|(balance, held, status, version)| {
+                Ok(AccountState {
+                    id,
+                    balance,
+                    held,
+                    status: AccountStatus::parse(&status)
+                        .with_context(|| format!("account {id} has unknown status {status:?}"))?,
+                    version: u64::try_from(version).context("negative account version")?,
+                })
             })
+            .transpose()
         })
-        .transpose()
+        .await
     }
 
     /// Write one batch in one database transaction.
     #[tracing::instrument(level = "debug", skip_all, fields(transactions = batch.transactions.len(), balances = batch.balances.len()))]
     pub async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
-        self.faults.check_write()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.write_batch(batch).await,
-            Backend::Sqlite(store) => store.write_batch(batch).await,
-        }
+        self.observed("write_batch", async {
+            self.faults.check_write()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.write_batch(batch).await,
+                Backend::Sqlite(store) => store.write_batch(batch).await,
+            }
+        })
+        .await
     }
 
     pub async fn transaction(&self, id: Uuid) -> anyhow::Result<Option<TransactionRecord>> {
-        self.faults.check_read()?;
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.transaction(id).await?,
-            Backend::Sqlite(store) => store.transaction(id).await?,
-        };
-        raw.map(RawTransaction::into_record).transpose()
+        self.observed("transaction", async {
+            self.faults.check_read()?;
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.transaction(id).await?,
+                Backend::Sqlite(store) => store.transaction(id).await?,
+            };
+            raw.map(RawTransaction::into_record).transpose()
+        })
+        .await
     }
 
     /// The transaction `initiator` requested with idempotency key `key`, if any.
@@ -324,21 +373,27 @@ impl Store {
         initiator: i64,
         key: &str,
     ) -> anyhow::Result<Option<TransactionRecord>> {
-        self.faults.check_read()?;
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.find_by_idempotency_key(initiator, key).await?,
-            Backend::Sqlite(store) => store.find_by_idempotency_key(initiator, key).await?,
-        };
-        raw.map(RawTransaction::into_record).transpose()
+        self.observed("find_by_idempotency_key", async {
+            self.faults.check_read()?;
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.find_by_idempotency_key(initiator, key).await?,
+                Backend::Sqlite(store) => store.find_by_idempotency_key(initiator, key).await?,
+            };
+            raw.map(RawTransaction::into_record).transpose()
+        })
+        .await
     }
 
     /// How many transactions are stored.
     pub async fn transaction_count(&self) -> anyhow::Result<i64> {
-        self.faults.check_read()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.transaction_count().await,
-            Backend::Sqlite(store) => store.transaction_count().await,
-        }
+        self.observed("transaction_count", async {
+            self.faults.check_read()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.transaction_count().await,
+                Backend::Sqlite(store) => store.transaction_count().await,
+            }
+        })
+        .await
     }
 
     /// The audit entries about one entity, oldest first.
@@ -347,36 +402,45 @@ impl Store {
         entity_type: &str,
         entity_id: &str,
     ) -> anyhow::Result<Vec<AuditEntry>> {
-        self.faults.check_read()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.audit_entries(entity_type, entity_id).await,
-            Backend::Sqlite(store) => store.audit_entries(entity_type, entity_id).await,
-        }
+        self.observed("audit_entries", async {
+            self.faults.check_read()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.audit_entries(entity_type, entity_id).await,
+                Backend::Sqlite(store) => store.audit_entries(entity_type, entity_id).await,
+            }
+        })
+        .await
     }
 
     /// The sum of all balances and the number of accounts.
     pub async fn balance_sum(&self) -> anyhow::Result<(i128, i64)> {
-        match &self.backend {
-            Backend::Postgres(store) => store.balance_sum().await,
-            Backend::Sqlite(store) => store.balance_sum().await,
-        }
+        self.observed("balance_sum", async {
+            match &self.backend {
+                Backend::Postgres(store) => store.balance_sum().await,
+                Backend::Sqlite(store) => store.balance_sum().await,
+            }
+        })
+        .await
     }
 
     /// Check the store-level invariants of design.md §11 (conservation, no negative
     /// user balance, balance = sum of journal, journal order) and list every violation,
     /// at most `limit` of each kind.
     pub async fn verify(&self, limit: i64) -> anyhow::Result<Vec<Violation>> {
-        let mut violations = Vec::new();
-        let (sum, _) = self.balance_sum().await?;
-        if sum != 0 {
-            violations.push(Violation::Conservation { sum });
-        }
-        let found = match &self.backend {
-            Backend::Postgres(store) => store.verify(limit).await?,
-            Backend::Sqlite(store) => store.verify(limit).await?,
-        };
-        violations.extend(found);
-        Ok(violations)
+        self.observed("verify", async {
+            let mut violations = Vec::new();
+            let (sum, _) = self.balance_sum().await?;
+            if sum != 0 {
+                violations.push(Violation::Conservation { sum });
+            }
+            let found = match &self.backend {
+                Backend::Postgres(store) => store.verify(limit).await?,
+                Backend::Sqlite(store) => store.verify(limit).await?,
+            };
+            violations.extend(found);
+            Ok(violations)
+        })
+        .await
     }
 
     fn dialect(&self) -> Dialect {
@@ -398,35 +462,44 @@ impl Store {
         user: &NewUser,
         audit: &AuditEntry,
     ) -> Result<UserRecord, UserWriteError> {
-        self.faults.check_write().map_err(UserWriteError::Store)?;
-        let now = SystemClock.now();
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.create_user(user, audit, now).await?,
-            Backend::Sqlite(store) => store.create_user(user, audit, now).await?,
-        };
-        raw.into_record().map_err(UserWriteError::Store)
+        self.observed("create_user", async {
+            self.faults.check_write().map_err(UserWriteError::Store)?;
+            let now = SystemClock.now();
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.create_user(user, audit, now).await?,
+                Backend::Sqlite(store) => store.create_user(user, audit, now).await?,
+            };
+            raw.into_record().map_err(UserWriteError::Store)
+        })
+        .await
     }
 
     /// The user with this id, deleted or not.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn user(&self, id: i64) -> anyhow::Result<Option<UserRecord>> {
-        self.faults.check_read()?;
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.user(id).await?,
-            Backend::Sqlite(store) => store.user(id).await?,
-        };
-        raw.map(RawUser::into_record).transpose()
+        self.observed("user", async {
+            self.faults.check_read()?;
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.user(id).await?,
+                Backend::Sqlite(store) => store.user(id).await?,
+            };
+            raw.map(RawUser::into_record).transpose()
+        })
+        .await
     }
 
     /// The user with this username in any letter case, unless deleted.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn user_by_username(&self, username: &str) -> anyhow::Result<Option<UserRecord>> {
-        self.faults.check_read()?;
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.user_by_username(username).await?,
-            Backend::Sqlite(store) => store.user_by_username(username).await?,
-        };
-        raw.map(RawUser::into_record).transpose()
+        self.observed("user_by_username", async {
+            self.faults.check_read()?;
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.user_by_username(username).await?,
+                Backend::Sqlite(store) => store.user_by_username(username).await?,
+            };
+            raw.map(RawUser::into_record).transpose()
+        })
+        .await
     }
 
     /// One page of the users not deleted, by ascending id: those after `after_id` (the
@@ -437,27 +510,33 @@ impl Store {
         after_id: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<UserRecord>> {
-        self.faults.check_read()?;
-        let limit = page_size(limit);
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Ids start at 1, so 0 is before every user.
-        let after_id = after_id.unwrap_or(0);
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.users(after_id, limit).await?,
-            Backend::Sqlite(store) => store.users(after_id, limit).await?,
-        };
-        raw.into_iter().map(RawUser::into_record).collect()
+        self.observed("users", async {
+            self.faults.check_read()?;
+            let limit = page_size(limit);
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            // Ids start at 1, so 0 is before every user.
+            let after_id = after_id.unwrap_or(0);
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.users(after_id, limit).await?,
+                Backend::Sqlite(store) => store.users(after_id, limit).await?,
+            };
+            raw.into_iter().map(RawUser::into_record).collect()
+        })
+        .await
     }
 
     /// How many users are not deleted.
     pub async fn user_count(&self) -> anyhow::Result<i64> {
-        self.faults.check_read()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.user_count().await,
-            Backend::Sqlite(store) => store.user_count().await,
-        }
+        self.observed("user_count", async {
+            self.faults.check_read()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.user_count().await,
+                Backend::Sqlite(store) => store.user_count().await,
+            }
+        })
+        .await
     }
 
     /// Change the given fields of a user that is not deleted, stamp `updated_at` and
@@ -470,15 +549,18 @@ impl Store {
         changes: &UserChanges,
         audit: &[AuditEntry],
     ) -> Result<UserRecord, UserWriteError> {
-        self.faults.check_write().map_err(UserWriteError::Store)?;
-        let now = SystemClock.now();
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.update_user(id, changes, audit, now).await?,
-            Backend::Sqlite(store) => store.update_user(id, changes, audit, now).await?,
-        };
-        raw.ok_or(UserWriteError::NotFound)?
-            .into_record()
-            .map_err(UserWriteError::Store)
+        self.observed("update_user", async {
+            self.faults.check_write().map_err(UserWriteError::Store)?;
+            let now = SystemClock.now();
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.update_user(id, changes, audit, now).await?,
+                Backend::Sqlite(store) => store.update_user(id, changes, audit, now).await?,
+            };
+            raw.ok_or(UserWriteError::NotFound)?
+                .into_record()
+                .map_err(UserWriteError::Store)
+        })
+        .await
     }
 
     /// Delete a user softly (`deleted_at` and `updated_at` become now; it stays readable
@@ -491,38 +573,47 @@ impl Store {
         id: i64,
         audit: &AuditEntry,
     ) -> Result<UserRecord, UserWriteError> {
-        self.faults.check_write().map_err(UserWriteError::Store)?;
-        let now = SystemClock.now();
-        let raw = match &self.backend {
-            Backend::Postgres(store) => store.delete_user(id, audit, now).await?,
-            Backend::Sqlite(store) => store.delete_user(id, audit, now).await?,
-        };
-        raw.ok_or(UserWriteError::NotFound)?
-            .into_record()
-            .map_err(UserWriteError::Store)
+        self.observed("delete_user", async {
+            self.faults.check_write().map_err(UserWriteError::Store)?;
+            let now = SystemClock.now();
+            let raw = match &self.backend {
+                Backend::Postgres(store) => store.delete_user(id, audit, now).await?,
+                Backend::Sqlite(store) => store.delete_user(id, audit, now).await?,
+            };
+            raw.ok_or(UserWriteError::NotFound)?
+                .into_record()
+                .map_err(UserWriteError::Store)
+        })
+        .await
     }
 
     /// Write audit rows in one statement. Rows are keyed by their ids, so writing the
     /// same entries again changes nothing.
     #[tracing::instrument(level = "debug", skip_all, fields(entries = entries.len()))]
     pub async fn append_audit(&self, entries: &[AuditEntry]) -> anyhow::Result<()> {
-        self.faults.check_write()?;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        match &self.backend {
-            Backend::Postgres(store) => store.append_audit(entries).await,
-            Backend::Sqlite(store) => store.append_audit(entries).await,
-        }
+        self.observed("append_audit", async {
+            self.faults.check_write()?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            match &self.backend {
+                Backend::Postgres(store) => store.append_audit(entries).await,
+                Backend::Sqlite(store) => store.append_audit(entries).await,
+            }
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(user_id = token.user_id))]
     pub async fn insert_refresh_token(&self, token: &RefreshToken) -> anyhow::Result<()> {
-        self.faults.check_write()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.insert_refresh_token(token).await,
-            Backend::Sqlite(store) => store.insert_refresh_token(token).await,
-        }
+        self.observed("insert_refresh_token", async {
+            self.faults.check_write()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.insert_refresh_token(token).await,
+                Backend::Sqlite(store) => store.insert_refresh_token(token).await,
+            }
+        })
+        .await
     }
 
     /// Spend a refresh token, atomically: of any number of concurrent uses of one valid
@@ -534,11 +625,14 @@ impl Store {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> anyhow::Result<RefreshUse> {
-        self.faults.check_write()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.use_refresh_token(id, now).await,
-            Backend::Sqlite(store) => store.use_refresh_token(id, now).await,
-        }
+        self.observed("use_refresh_token", async {
+            self.faults.check_write()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.use_refresh_token(id, now).await,
+                Backend::Sqlite(store) => store.use_refresh_token(id, now).await,
+            }
+        })
+        .await
     }
 
     /// Revoke every token of a family not yet revoked; returns how many were.
@@ -548,11 +642,14 @@ impl Store {
         family: Uuid,
         now: DateTime<Utc>,
     ) -> anyhow::Result<u64> {
-        self.faults.check_write()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.revoke_refresh_family(family, now).await,
-            Backend::Sqlite(store) => store.revoke_refresh_family(family, now).await,
-        }
+        self.observed("revoke_refresh_family", async {
+            self.faults.check_write()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.revoke_refresh_family(family, now).await,
+                Backend::Sqlite(store) => store.revoke_refresh_family(family, now).await,
+            }
+        })
+        .await
     }
 
     /// Revoke every token of a user not yet revoked; returns how many were.
@@ -562,11 +659,14 @@ impl Store {
         user_id: i64,
         now: DateTime<Utc>,
     ) -> anyhow::Result<u64> {
-        self.faults.check_write()?;
-        match &self.backend {
-            Backend::Postgres(store) => store.revoke_user_refresh_tokens(user_id, now).await,
-            Backend::Sqlite(store) => store.revoke_user_refresh_tokens(user_id, now).await,
-        }
+        self.observed("revoke_user_refresh_tokens", async {
+            self.faults.check_write()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.revoke_user_refresh_tokens(user_id, now).await,
+                Backend::Sqlite(store) => store.revoke_user_refresh_tokens(user_id, now).await,
+            }
+        })
+        .await
     }
 
     /// One page of an account's history, newest first: every transaction it was the
@@ -574,22 +674,25 @@ impl Store {
     /// [`HistoryQuery`] and [`HistoryItem::position`].
     #[tracing::instrument(level = "debug", skip_all, fields(account = %query.account))]
     pub async fn history(&self, query: &HistoryQuery) -> anyhow::Result<Vec<HistoryItem>> {
-        self.faults.check_read()?;
-        let Some(statement) = history::history_statement(query, self.dialect()) else {
-            return Ok(Vec::new());
-        };
-        let rows = match &self.backend {
-            Backend::Postgres(store) => store.history(statement).await?,
-            Backend::Sqlite(store) => store.history(statement).await?,
-        };
-        rows.into_iter()
-            .map(|(position, raw)| {
-                Ok(HistoryItem {
-                    position: u64::try_from(position).context("negative history position")?,
-                    transaction: raw.into_record()?,
+        self.observed("history", async {
+            self.faults.check_read()?;
+            let Some(statement) = history::history_statement(query, self.dialect()) else {
+                return Ok(Vec::new());
+            };
+            let rows = match &self.backend {
+                Backend::Postgres(store) => store.history(statement).await?,
+                Backend::Sqlite(store) => store.history(statement).await?,
+            };
+            rows.into_iter()
+                .map(|(position, raw)| {
+                    Ok(HistoryItem {
+                        position: u64::try_from(position).context("negative history position")?,
+                        transaction: raw.into_record()?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// One page of an account's balance changes, newest first: those with a version
@@ -602,18 +705,21 @@ impl Store {
         before_version: Option<u64>,
         limit: i64,
     ) -> anyhow::Result<Vec<JournalEntry>> {
-        self.faults.check_read()?;
-        let limit = page_size(limit);
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let statement = history::journal_statement(
-            account,
-            JournalBound::Before(before_version),
-            limit,
-            self.dialect(),
-        );
-        self.journal_entries(statement).await
+        self.observed("journal", async {
+            self.faults.check_read()?;
+            let limit = page_size(limit);
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let statement = history::journal_statement(
+                account,
+                JournalBound::Before(before_version),
+                limit,
+                self.dialect(),
+            );
+            self.journal_entries(statement).await
+        })
+        .await
     }
 
     /// The account's latest journal entry among those whose transaction was created at
@@ -628,10 +734,13 @@ impl Store {
         account: AccountId,
         at: DateTime<Utc>,
     ) -> anyhow::Result<Option<JournalEntry>> {
-        self.faults.check_read()?;
-        let statement =
-            history::journal_statement(account, JournalBound::At(at), 1, self.dialect());
-        Ok(self.journal_entries(statement).await?.into_iter().next())
+        self.observed("balance_at", async {
+            self.faults.check_read()?;
+            let statement =
+                history::journal_statement(account, JournalBound::At(at), 1, self.dialect());
+            Ok(self.journal_entries(statement).await?.into_iter().next())
+        })
+        .await
     }
 
     async fn journal_entries(&self, statement: Statement) -> anyhow::Result<Vec<JournalEntry>> {
