@@ -499,7 +499,15 @@ impl Writer {
             );
             *durable = (*durable).max(effect.version);
         }
+        // Book-keeping first, acknowledgements last: whoever hears back sees a
+        // persister that already counts the write as durable.
         let count = writes.len();
+        self.shared.release(count);
+        self.shared.batches_written.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .writes_durable
+            .fetch_add(count as u64, Ordering::Relaxed);
+        *self.shared.last_batch.lock().expect("status lock") = (count, took);
         let metrics = &self.shared.metrics;
         for write in writes {
             metrics
@@ -509,12 +517,6 @@ impl Writer {
                 let _ = ack.send(());
             }
         }
-        self.shared.release(count);
-        self.shared.batches_written.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .writes_durable
-            .fetch_add(count as u64, Ordering::Relaxed);
-        *self.shared.last_batch.lock().expect("status lock") = (count, took);
     }
 }
 
