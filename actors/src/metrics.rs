@@ -124,7 +124,7 @@ impl EngineMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        EngineMetrics {
+        let metrics = EngineMetrics {
             actors_active: register(
                 r,
                 IntGauge::new("tally_actors_active", "Account actors alive now").unwrap(),
@@ -292,11 +292,42 @@ impl EngineMetrics {
                 .unwrap(),
             ),
             registry,
-        }
+        };
+        metrics.initialize_series();
+        metrics
     }
 }
 
 impl EngineMetrics {
+    /// Create every series of a bounded label set, so that dashboards and alerts see
+    /// zeros (and `rate()` works) before the first event rather than no series at all.
+    fn initialize_series(&self) {
+        for kind in ["credit", "debit", "transfer"] {
+            self.amount_moved_minor.with_label_values(&[kind]);
+            for outcome in ["completed", "failed", "rolled_back"] {
+                self.transfers.with_label_values(&[kind, outcome]);
+            }
+        }
+        for reason in [
+            crate::Refusal::AccountFrozen,
+            crate::Refusal::AccountClosed,
+            crate::Refusal::AccountNotFound,
+            crate::Refusal::BalanceOverflow,
+            crate::Refusal::TargetUnavailable,
+        ] {
+            self.rollbacks.with_label_values(&[reason.code()]);
+        }
+        for step in ["debit", "credit", "refund", "durable"] {
+            self.transfer_step_duration.with_label_values(&[step]);
+        }
+        for message in ["debit", "credit", "refund", "set_status", "snapshot"] {
+            self.actor_message_duration.with_label_values(&[message]);
+        }
+        for reason in ["outage", "queue_full"] {
+            self.persister_refused.with_label_values(&[reason]);
+        }
+    }
+
     /// Add the store's families to this registry.
     pub fn include_store(&self, store: &StoreMetrics) {
         store.register(&self.registry);
@@ -306,5 +337,31 @@ impl EngineMetrics {
 impl Default for EngineMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_label_sets_are_exported_before_the_first_event() {
+        let metrics = EngineMetrics::new();
+        let names: Vec<String> = metrics
+            .registry
+            .gather()
+            .iter()
+            .map(|family| family.name().to_string())
+            .collect();
+        for expected in [
+            "tally_transfer_rollbacks_total",
+            "tally_persister_refused_total",
+            "tally_transfers_total",
+        ] {
+            assert!(
+                names.iter().any(|name| name == expected),
+                "{expected} missing from {names:?}"
+            );
+        }
     }
 }
