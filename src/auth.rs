@@ -17,20 +17,29 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use dashmap::DashMap;
 use futures_util::future::LocalBoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tally_actors::{AccountId, Role, Store};
 use uuid::Uuid;
 
 use crate::error::{ApiError, Code};
+use crate::rate_limit::{RateLimiter, Scope};
+use crate::redis_link::RedisLink;
 
 /// The one signing algorithm accepted.
 const ALGORITHM: Algorithm = Algorithm::HS256;
 /// Clock skew tolerated on `exp`, between instances of a deployment.
 const LEEWAY_SECONDS: u64 = 5;
+/// Where revoked token ids are kept in Redis (after the deployment's prefix), each until
+/// its token expires.
+const REVOKED_PREFIX: &str = "revoked:";
+/// The channel on which instances tell each other of revocations and user changes.
+const EVENTS_CHANNEL: &str = "events";
+
 /// Purge expired entries from the deny list once it grows past this many.
 const DENY_LIST_PURGE_THRESHOLD: usize = 10_000;
 
@@ -125,6 +134,8 @@ pub struct Auth {
     /// store on first use.
     token_versions: DashMap<i64, i64>,
     store: Store,
+    /// Shares revocations with the other instances, when configured.
+    redis: Option<RedisLink>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -137,7 +148,7 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    pub fn new(settings: AuthSettings, store: Store) -> anyhow::Result<Auth> {
+    pub fn new(settings: AuthSettings, store: Store, redis: Option<RedisLink>) -> anyhow::Result<Auth> {
         let hasher = Argon2::default();
         let decoy: String = (0..32).map(|_| rand::random::<char>()).collect();
         let decoy_hash = hasher
@@ -153,6 +164,7 @@ impl Auth {
             deny_list: DenyList::default(),
             token_versions: DashMap::new(),
             store,
+            redis,
         })
     }
 
@@ -176,10 +188,7 @@ impl Auth {
         let Ok(parsed) = PasswordHash::new(hash) else {
             return false;
         };
-        let matches = self
-            .hasher
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
+        let matches = self.hasher.verify_password(password.as_bytes(), &parsed).is_ok();
         matches && stored.is_some()
     }
 
@@ -247,12 +256,8 @@ impl Auth {
             .map_err(|error| {
                 let reason = match error.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
-                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                        "the token has the wrong issuer"
-                    }
-                    jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                        "the token has the wrong audience"
-                    }
+                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => "the token has the wrong issuer",
+                    jsonwebtoken::errors::ErrorKind::InvalidAudience => "the token has the wrong audience",
                     jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
                         "the token uses an algorithm that is not accepted"
                     }
@@ -276,11 +281,7 @@ impl Auth {
             return Ok(Some(*version));
         }
         let record = self.store.user(user).await.map_err(|error| {
-            ApiError::new(
-                Code::Unavailable,
-                "The user store could not be read; retry shortly",
-            )
-            .with_cause(error)
+            ApiError::new(Code::Unavailable, "The user store could not be read; retry shortly").with_cause(error)
         })?;
         match record {
             Some(record) if record.deleted_at.is_none() => {
@@ -302,17 +303,111 @@ impl Auth {
         self.token_versions.remove(&user);
     }
 
+    /// A user's tokens changed (new version, deletion): every instance forgets what it
+    /// knew and reads the user afresh.
+    pub async fn announce_user_change(&self, user: i64) {
+        self.forget_user(user);
+        self.publish(format!("user:{user}")).await;
+    }
+
+    /// Deny an access token until it expires, here and on every instance.
+    pub async fn revoke(&self, jti: &str, expires_at: i64) {
+        self.deny_list.deny(jti, expires_at);
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        let seconds = (expires_at - Utc::now().timestamp()).max(1) as u64;
+        let key = redis.key(&format!("{REVOKED_PREFIX}{jti}"));
+        let _: Option<()> = redis
+            .call(|mut connection| async move { connection.set_ex(key, expires_at, seconds).await })
+            .await;
+        self.publish(format!("revoked:{jti}:{expires_at}")).await;
+    }
+
+    async fn publish(&self, event: String) {
+        if let Some(redis) = &self.redis {
+            let channel = redis.key(EVENTS_CHANNEL);
+            let _: Option<i64> = redis
+                .call(|mut connection| async move { connection.publish(channel, event).await })
+                .await;
+        }
+    }
+
+    fn apply_event(&self, event: &str) {
+        if let Some(user) = event.strip_prefix("user:").and_then(|user| user.parse().ok()) {
+            self.forget_user(user);
+        } else if let Some(revoked) = event.strip_prefix("revoked:")
+            && let Some((jti, expires_at)) = revoked.rsplit_once(':')
+            && let Ok(expires_at) = expires_at.parse()
+        {
+            self.deny_list.deny(jti, expires_at);
+        }
+    }
+
+    /// Follow the other instances' revocations for as long as the process runs:
+    /// subscribe, load the revocations made so far, apply each event; after a lost
+    /// connection, do it all again (nothing published meanwhile is missed, since every
+    /// revocation is also a key).
+    pub async fn follow_events(self: Arc<Self>) {
+        let Some(redis) = self.redis.clone() else {
+            return;
+        };
+        let mut pause = Duration::from_millis(250);
+        loop {
+            if let Ok(mut pubsub) = redis.client().get_async_pubsub().await
+                && pubsub.subscribe(redis.key(EVENTS_CHANNEL)).await.is_ok()
+            {
+                pause = Duration::from_millis(250);
+                self.load_revocations(&redis).await;
+                let mut messages = pubsub.on_message();
+                while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                    if let Ok(event) = message.get_payload::<String>() {
+                        self.apply_event(&event);
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn load_revocations(&self, redis: &RedisLink) {
+        let prefix = redis.key(REVOKED_PREFIX);
+        let pattern = format!("{prefix}*");
+        let revoked: Option<Vec<(String, i64)>> = redis
+            .call(|mut connection| async move {
+                let keys: Vec<String> = {
+                    let mut iterator = connection.scan_match::<_, String>(&pattern).await?;
+                    let mut keys = Vec::new();
+                    while let Some(key) = futures_util::StreamExt::next(&mut iterator).await {
+                        keys.push(key?);
+                    }
+                    keys
+                };
+                let mut revoked = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let expires_at: Option<i64> = connection.get(&key).await?;
+                    if let Some(expires_at) = expires_at {
+                        revoked.push((key, expires_at));
+                    }
+                }
+                Ok(revoked)
+            })
+            .await;
+        for (key, expires_at) in revoked.unwrap_or_default() {
+            if let Some(jti) = key.strip_prefix(prefix.as_str()) {
+                self.deny_list.deny(jti, expires_at);
+            }
+        }
+    }
+
     /// Authenticate the bearer token of a request.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<AuthUser, ApiError> {
         let token = authorization
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthenticated(
-                    "An Authorization: Bearer <access token> header is required",
-                )
-            })?;
+            .ok_or_else(|| ApiError::unauthenticated("An Authorization: Bearer <access token> header is required"))?;
         let claims = self.decode(token, "access")?;
         if self.deny_list.is_denied(&claims.jti) {
             return Err(ApiError::unauthenticated("the token was revoked"));
@@ -321,8 +416,7 @@ impl Auth {
             .sub
             .parse()
             .map_err(|_| ApiError::unauthenticated("the token is invalid"))?;
-        let id =
-            AccountId::new(user).map_err(|_| ApiError::unauthenticated("the token is invalid"))?;
+        let id = AccountId::new(user).map_err(|_| ApiError::unauthenticated("the token is invalid"))?;
         match self.token_version(user).await? {
             Some(version) if version == claims.ver => Ok(AuthUser {
                 id,
@@ -331,9 +425,7 @@ impl Auth {
                 expires_at: claims.exp,
             }),
             Some(_) => Err(ApiError::unauthenticated("the token was revoked")),
-            None => Err(ApiError::unauthenticated(
-                "the token's user no longer exists",
-            )),
+            None => Err(ApiError::unauthenticated("the token's user no longer exists")),
         }
     }
 }
@@ -349,16 +441,17 @@ impl FromRequest for AuthUser {
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let limiter = request.app_data::<web::Data<RateLimiter>>().cloned();
         Box::pin(async move {
-            let auth = auth.ok_or_else(|| {
-                ApiError::internal(anyhow::anyhow!("authentication is not configured"))
-            })?;
-            auth.authenticate(header.as_deref()).await
+            let auth = auth.ok_or_else(|| ApiError::internal(anyhow::anyhow!("authentication is not configured")))?;
+            let user = auth.authenticate(header.as_deref()).await?;
+            if let Some(limiter) = limiter {
+                let decision = limiter.check(&[(Scope::User, &user.id.to_string())]).await;
+                if !decision.allowed {
+                    return Err(ApiError::rate_limited(decision, "Too many requests for this user"));
+                }
+            }
+            Ok(user)
         })
     }
-}
-
-/// Seconds until `at`, never negative.
-pub fn seconds_until(at: DateTime<Utc>) -> i64 {
-    (at - Utc::now()).num_seconds().max(0)
 }

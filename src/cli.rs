@@ -25,10 +25,7 @@ pub enum Command {
     Serve,
     Migrate,
     Verify,
-    CreateAdmin {
-        username: String,
-        email: Option<String>,
-    },
+    CreateAdmin { username: String, email: Option<String> },
     Help,
 }
 
@@ -51,8 +48,7 @@ impl Command {
                         (flag, _) => bail!("admin create: unexpected {flag:?}\n{USAGE}"),
                     }
                 }
-                let username =
-                    username.with_context(|| format!("admin create needs --username\n{USAGE}"))?;
+                let username = username.with_context(|| format!("admin create needs --username\n{USAGE}"))?;
                 Ok(Command::CreateAdmin { username, email })
             }
             Some(other) => bail!("unknown command {other:?}\n{USAGE}"),
@@ -108,23 +104,12 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
             let store = Store::connect(&settings.engine.database_url, 2)
                 .await
                 .context("connecting to the store")?;
-            let auth = build_auth(&settings, store.clone())?;
+            let auth = build_auth(&settings, store.clone(), None)?;
             let email = email.unwrap_or_else(|| format!("{username}@tally.invalid"));
-            let created = create_user(
-                &store,
-                &auth,
-                &username,
-                &email,
-                &password,
-                Role::Admin,
-                None,
-            )
-            .await
-            .map_err(|error| anyhow::anyhow!("{}: {}", error.code.as_str(), error.detail))?;
-            println!(
-                "created admin {} (user id {})",
-                created.username, created.id
-            );
+            let created = create_user(&store, &auth, &username, &email, &password, Role::Admin, None)
+                .await
+                .map_err(|error| anyhow::anyhow!("{}: {}", error.code.as_str(), error.detail))?;
+            println!("created admin {} (user id {})", created.username, created.id);
             Ok(0)
         }
         Command::Help => unreachable!("handled above"),

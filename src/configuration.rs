@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tally_actors::{DEFAULT_DATABASE_URL, Durability, EngineConfig, Placement};
 
+use crate::rate_limit::{Limit, RateLimits};
+
 /// Everything the service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -24,6 +26,16 @@ pub struct Settings {
     /// Created at start when it does not exist yet.
     pub first_admin: Option<FirstAdmin>,
     pub production: bool,
+    /// `REDIS_URL`; none: rate limits, cache and revocations run in process.
+    pub redis_url: Option<String>,
+    /// `TALLY_REDIS_PREFIX`: the namespace of this deployment's keys in Redis.
+    pub redis_prefix: String,
+    /// The longest one Redis call may take before a request goes on without it.
+    pub redis_timeout: Duration,
+    pub cache_ttl: Duration,
+    /// Entries of the in-process cache (used without Redis).
+    pub cache_entries_max: u64,
+    pub rate_limits: RateLimits,
 }
 
 #[derive(Clone, Debug)]
@@ -109,10 +121,7 @@ impl Environment {
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Environment {
-            values: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            values: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
@@ -152,11 +161,7 @@ impl Environment {
     }
 
     fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        let millis: u64 = self.parse(
-            name,
-            default.as_millis() as u64,
-            "a whole number of milliseconds",
-        )?;
+        let millis: u64 = self.parse(name, default.as_millis() as u64, "a whole number of milliseconds")?;
         Ok(Duration::from_millis(millis))
     }
 }
@@ -236,10 +241,7 @@ impl Settings {
                 expected: "at least 32 bytes of secret in production (TALLY_ENV=production)",
             });
         }
-        let first_admin = match (
-            env.get("TALLY_ADMIN_USERNAME"),
-            env.get("TALLY_ADMIN_PASSWORD"),
-        ) {
+        let first_admin = match (env.get("TALLY_ADMIN_USERNAME"), env.get("TALLY_ADMIN_PASSWORD")) {
             (Some(username), Some(password)) => Some(FirstAdmin {
                 username: username.to_string(),
                 email: env
@@ -277,13 +279,63 @@ impl Settings {
             None => None,
             Some(_) => Some(env.positive("TALLY_HTTP_WORKERS", 1)?),
         };
+        let limit =
+            |count_name: &'static str, burst_name: &'static str, count: usize, burst: usize, period: Duration| {
+                Ok::<_, ConfigError>(Limit {
+                    count: env.positive(count_name, count)? as u32,
+                    period,
+                    burst: env.positive(burst_name, burst)? as u32,
+                })
+            };
+        let rate_limits = RateLimits {
+            enabled: match env
+                .get("TALLY_RATE_LIMITS")
+                .map(|value| value.trim().to_ascii_lowercase())
+            {
+                None => true,
+                Some(value) if value == "on" || value == "true" => true,
+                Some(value) if value == "off" || value == "false" => false,
+                Some(value) => {
+                    return Err(ConfigError {
+                        name: "TALLY_RATE_LIMITS",
+                        value,
+                        expected: "on or off",
+                    });
+                }
+            },
+            ip: limit(
+                "TALLY_RATE_LIMIT_IP_PER_SECOND",
+                "TALLY_RATE_LIMIT_IP_BURST",
+                200,
+                400,
+                Duration::from_secs(1),
+            )?,
+            user: limit(
+                "TALLY_RATE_LIMIT_USER_PER_SECOND",
+                "TALLY_RATE_LIMIT_USER_BURST",
+                100,
+                200,
+                Duration::from_secs(1),
+            )?,
+            login: limit(
+                "TALLY_RATE_LIMIT_LOGIN_PER_MINUTE",
+                "TALLY_RATE_LIMIT_LOGIN_BURST",
+                10,
+                10,
+                Duration::from_secs(60),
+            )?,
+        };
         Ok(Settings {
+            redis_url: env.get("REDIS_URL").map(str::to_string),
+            redis_prefix: env.get("TALLY_REDIS_PREFIX").unwrap_or("tally").to_string(),
+            redis_timeout: env.millis("TALLY_REDIS_TIMEOUT_MS", crate::redis_link::CALL_TIMEOUT_DEFAULT)?,
+            cache_ttl: Duration::from_secs(env.positive("TALLY_CACHE_TTL_SECONDS", 300)? as u64),
+            cache_entries_max: env.positive("TALLY_CACHE_ENTRIES_MAX", 10_000)? as u64,
+            rate_limits,
             production,
             first_admin,
             http: HttpSettings {
-                request_timeout: Duration::from_secs(
-                    env.positive("TALLY_REQUEST_TIMEOUT_SECONDS", 30)? as u64,
-                ),
+                request_timeout: Duration::from_secs(env.positive("TALLY_REQUEST_TIMEOUT_SECONDS", 30)? as u64),
                 cors_origins,
                 workers,
             },
@@ -291,12 +343,8 @@ impl Settings {
                 jwt_secret,
                 issuer: env.get("JWT_ISSUER").unwrap_or("tally").to_string(),
                 audience: env.get("JWT_AUDIENCE").unwrap_or("tally-api").to_string(),
-                access_ttl: Duration::from_secs(
-                    env.positive("JWT_ACCESS_TTL_SECONDS", 15 * 60)? as u64
-                ),
-                refresh_ttl: Duration::from_secs(
-                    env.positive("JWT_REFRESH_TTL_SECONDS", 7 * 24 * 3600)? as u64,
-                ),
+                access_ttl: Duration::from_secs(env.positive("JWT_ACCESS_TTL_SECONDS", 15 * 60)? as u64),
+                refresh_ttl: Duration::from_secs(env.positive("JWT_REFRESH_TTL_SECONDS", 7 * 24 * 3600)? as u64),
             },
             host: env.get("HOST").unwrap_or("0.0.0.0").to_string(),
             port: env.parse("PORT", 8080, "a port number (0-65535)")?,
@@ -319,18 +367,15 @@ impl Settings {
                 batch_size_max: env.positive("TALLY_BATCH_SIZE_MAX", defaults.batch_size_max)?,
                 flush_delay_max: env.millis("TALLY_FLUSH_DELAY_MS", defaults.flush_delay_max)?,
                 queue_capacity: env.positive("TALLY_QUEUE_CAPACITY", defaults.queue_capacity)?,
-                mailbox_capacity: env
-                    .positive("TALLY_MAILBOX_CAPACITY", defaults.mailbox_capacity)?,
+                mailbox_capacity: env.positive("TALLY_MAILBOX_CAPACITY", defaults.mailbox_capacity)?,
                 passivation_idle: Duration::from_secs(env.positive(
                     "TALLY_PASSIVATION_IDLE_SECONDS",
                     defaults.passivation_idle.as_secs() as usize,
                 )? as u64),
                 placement,
                 durable_wait_max: env.millis("TALLY_DURABLE_WAIT_MS", defaults.durable_wait_max)?,
-                read_connections_max: env.positive(
-                    "TALLY_DB_CONNECTIONS",
-                    defaults.read_connections_max as usize,
-                )? as u32,
+                read_connections_max: env.positive("TALLY_DB_CONNECTIONS", defaults.read_connections_max as usize)?
+                    as u32,
                 ..defaults
             },
         })
@@ -353,10 +398,7 @@ mod tests {
     fn db_url_is_accepted_as_the_go_service_named_it() {
         let env = Environment::from_pairs([("DB_URL", "postgres://u@h/db")]);
         assert_eq!(
-            Settings::from_environment(&env)
-                .unwrap()
-                .engine
-                .database_url,
+            Settings::from_environment(&env).unwrap().engine.database_url,
             "postgres://u@h/db"
         );
     }
@@ -374,8 +416,7 @@ mod tests {
             ("TALLY_ADMIN_USERNAME", "root", "TALLY_ADMIN_PASSWORD"),
         ];
         for (name, value, hint) in cases {
-            let error =
-                Settings::from_environment(&Environment::from_pairs([(name, value)])).unwrap_err();
+            let error = Settings::from_environment(&Environment::from_pairs([(name, value)])).unwrap_err();
             let line = error.to_string();
             assert!(line.contains(name) && line.contains(hint), "{name}: {line}");
             assert!(!line.contains('\n'), "one line");
@@ -391,10 +432,7 @@ mod tests {
             }
             let error = Settings::from_environment(&Environment::from_pairs(pairs)).unwrap_err();
             assert_eq!(error.name, "JWT_SECRET");
-            assert!(
-                !error.to_string().contains("short"),
-                "the secret is never printed"
-            );
+            assert!(!error.to_string().contains("short"), "the secret is never printed");
         }
         let strong = "0123456789abcdef0123456789abcdef";
         let env = Environment::from_pairs([("TALLY_ENV", "production"), ("JWT_SECRET", strong)]);

@@ -20,10 +20,7 @@ pub const PASSWORD_LENGTH: std::ops::RangeInclusive<usize> = 8..=128;
 /// the same form (`"12.34"`), more than zero and at most 10^13 minor units.
 pub fn parse_amount(raw: &RawValue) -> Result<Amount, String> {
     let text = raw.get().trim();
-    let digits = match text
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-    {
+    let digits = match text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
         Some(inner) => inner,
         None if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => text,
         None => return Err("must be a decimal number or a string such as \"12.34\"".into()),
@@ -54,8 +51,7 @@ fn parse_decimal_minor(text: &str) -> Result<i64, String> {
     if whole.is_empty() || !whole.chars().all(|c| c.is_ascii_digit()) {
         return Err(SHAPE.into());
     }
-    if text.contains('.') && (fraction.is_empty() || !fraction.chars().all(|c| c.is_ascii_digit()))
-    {
+    if text.contains('.') && (fraction.is_empty() || !fraction.chars().all(|c| c.is_ascii_digit())) {
         return Err(SHAPE.into());
     }
     if fraction.len() > 2 {
@@ -63,15 +59,10 @@ fn parse_decimal_minor(text: &str) -> Result<i64, String> {
     }
     // Digits beyond what can be valid are refused before any arithmetic.
     if whole.trim_start_matches('0').len() > 15 {
-        return Err(format!(
-            "must be at most {}",
-            format_minor(AMOUNT_MAX_MINOR)
-        ));
+        return Err(format!("must be at most {}", format_minor(AMOUNT_MAX_MINOR)));
     }
     let whole: i64 = whole.parse().map_err(|_| SHAPE.to_string())?;
-    let fraction: i64 = format!("{fraction:0<2}")
-        .parse()
-        .map_err(|_| SHAPE.to_string())?;
+    let fraction: i64 = format!("{fraction:0<2}").parse().map_err(|_| SHAPE.to_string())?;
     whole
         .checked_mul(MINOR_PER_MAJOR)
         .and_then(|minor| minor.checked_add(fraction))
@@ -83,11 +74,7 @@ pub fn format_minor(minor: i64) -> String {
     let sign = if minor < 0 { "-" } else { "" };
     let magnitude = minor.unsigned_abs();
     let per_major = MINOR_PER_MAJOR as u64;
-    format!(
-        "{sign}{}.{:02}",
-        magnitude / per_major,
-        magnitude % per_major
-    )
+    format!("{sign}{}.{:02}", magnitude / per_major, magnitude % per_major)
 }
 
 /// A user id from a request: a positive integer (0 is the system account).
@@ -224,10 +211,7 @@ mod tests {
         assert!(validate_username("alice_1").is_ok());
         assert!(validate_username("al").is_err());
         assert!(validate_username("al ice").is_err());
-        assert_eq!(
-            validate_email(" Alice@Example.COM ").unwrap(),
-            "alice@example.com"
-        );
+        assert_eq!(validate_email(" Alice@Example.COM ").unwrap(), "alice@example.com");
         assert!(validate_email("alice@localhost").is_err());
         assert!(validate_email("alice").is_err());
         assert!(validate_password("correct horse").is_ok());

@@ -164,6 +164,8 @@ pub struct ApiErrorParts {
     /// The request answered, when the error is rendered outside its task (the server
     /// renders errors of the outermost layer).
     pub request_id: Option<String>,
+    /// The budget that refused a rate-limited request: (limit, remaining, reset seconds).
+    pub rate_limit: Option<(u32, u32, u64)>,
 }
 
 impl ApiError {
@@ -176,7 +178,17 @@ impl ApiError {
             retry_after_seconds: None,
             cause: None,
             request_id: None,
+            rate_limit: None,
         }))
+    }
+
+    /// A 429 for a refused rate-limit `decision`.
+    pub fn rate_limited(decision: crate::rate_limit::Decision, detail: &str) -> Self {
+        let reset = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut error = ApiError::new(Code::RateLimited, format!("{detail}; retry after {reset} s"));
+        error.retry_after_seconds = Some(reset);
+        error.rate_limit = Some((decision.limit, decision.remaining, reset));
+        error
     }
 
     /// Remember which request this answers.
@@ -204,11 +216,7 @@ impl ApiError {
 
     /// An unexpected failure: logged with its cause, answered with a generic 500.
     pub fn internal(cause: anyhow::Error) -> Self {
-        ApiError::new(
-            Code::InternalError,
-            "An internal error occurred; it has been logged",
-        )
-        .with_cause(cause)
+        ApiError::new(Code::InternalError, "An internal error occurred; it has been logged").with_cause(cause)
     }
 
     pub fn unauthenticated(detail: impl Into<String>) -> Self {
@@ -269,13 +277,16 @@ impl ResponseError for ApiError {
         }
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         let retry_after = self.retry_after_seconds.or(match self.code {
-            Code::Overloaded | Code::Unavailable | Code::RequestTimeout | Code::ShuttingDown => {
-                Some(1)
-            }
+            Code::Overloaded | Code::Unavailable | Code::RequestTimeout | Code::ShuttingDown => Some(1),
             _ => None,
         });
         if let Some(seconds) = retry_after {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let Some((limit, remaining, reset)) = self.rate_limit {
+            response.insert_header(("RateLimit-Limit", limit.to_string()));
+            response.insert_header(("RateLimit-Remaining", remaining.to_string()));
+            response.insert_header(("RateLimit-Reset", reset.to_string()));
         }
         if self.code.status() == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
@@ -287,14 +298,11 @@ impl ResponseError for ApiError {
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
-            EngineError::SelfTransfer => ApiError::new(
-                Code::SelfTransfer,
-                "The source and the target are the same account",
-            ),
-            EngineError::InvalidRequest(detail) => ApiError::new(Code::ValidationFailed, detail),
-            EngineError::AccountNotFound(id) => {
-                ApiError::new(Code::UserNotFound, format!("User {id} does not exist"))
+            EngineError::SelfTransfer => {
+                ApiError::new(Code::SelfTransfer, "The source and the target are the same account")
             }
+            EngineError::InvalidRequest(detail) => ApiError::new(Code::ValidationFailed, detail),
+            EngineError::AccountNotFound(id) => ApiError::new(Code::UserNotFound, format!("User {id} does not exist")),
             EngineError::IdempotencyConflict => ApiError::new(
                 Code::IdempotencyKeyReused,
                 "This Idempotency-Key was already used for a different request",
@@ -308,20 +316,15 @@ impl From<EngineError> for ApiError {
                 ApiError::new(Code::for_refusal(refusal), refusal.code().replace('_', " "))
             }
             EngineError::StatusChange(refusal) => match refusal {
-                StatusChangeRefusal::BalanceNotZero => {
-                    ApiError::new(Code::AccountNotEmpty, refusal.to_string())
-                }
+                StatusChangeRefusal::BalanceNotZero => ApiError::new(Code::AccountNotEmpty, refusal.to_string()),
                 _ => ApiError::new(Code::StatusChangeRefused, refusal.to_string()),
             },
-            EngineError::ShuttingDown => ApiError::new(
-                Code::ShuttingDown,
-                "The server is shutting down; retry elsewhere",
-            ),
-            EngineError::Store(cause) => ApiError::new(
-                Code::Unavailable,
-                "The ledger store could not be read; retry shortly",
-            )
-            .with_cause(cause),
+            EngineError::ShuttingDown => {
+                ApiError::new(Code::ShuttingDown, "The server is shutting down; retry elsewhere")
+            }
+            EngineError::Store(cause) => {
+                ApiError::new(Code::Unavailable, "The ledger store could not be read; retry shortly").with_cause(cause)
+            }
         }
     }
 }
@@ -335,25 +338,12 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for code in Code::ALL {
             assert!(seen.insert(code.as_str()), "{} twice", code.as_str());
-            assert!(
-                code.as_str()
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_')
-            );
+            assert!(code.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
             let server_side = matches!(
                 code,
-                Code::InternalError
-                    | Code::Overloaded
-                    | Code::Unavailable
-                    | Code::RequestTimeout
-                    | Code::ShuttingDown
+                Code::InternalError | Code::Overloaded | Code::Unavailable | Code::RequestTimeout | Code::ShuttingDown
             );
-            assert_eq!(
-                code.status().is_server_error(),
-                server_side,
-                "{}",
-                code.as_str()
-            );
+            assert_eq!(code.status().is_server_error(), server_side, "{}", code.as_str());
         }
     }
 

@@ -28,14 +28,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
-            .map(|value| {
-                value
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
+            .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
         let bytes = web::Bytes::from_request(request, payload);
         Box::pin(async move {
             let is_json = content_type
@@ -48,9 +41,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 ));
             }
             let bytes = bytes.await.map_err(|error| {
-                if error.as_response_error().status_code()
-                    == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE
-                {
+                if error.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         Code::PayloadTooLarge,
                         format!("The body may have at most {BODY_SIZE_MAX} bytes"),
@@ -91,22 +82,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             return Err(match inner.classify() {
                 serde_json::error::Category::Syntax
                 | serde_json::error::Category::Eof
-                | serde_json::error::Category::Io => ApiError::new(
-                    Code::MalformedJson,
-                    format!("The body is not valid JSON: {inner}"),
-                ),
-                serde_json::error::Category::Data => {
-                    ApiError::validation(vec![field_error(&path, &inner)])
+                | serde_json::error::Category::Io => {
+                    ApiError::new(Code::MalformedJson, format!("The body is not valid JSON: {inner}"))
                 }
+                serde_json::error::Category::Data => ApiError::validation(vec![field_error(&path, &inner)]),
             });
         }
     };
-    deserializer.end().map_err(|error| {
-        ApiError::new(
-            Code::MalformedJson,
-            format!("The body is not valid JSON: {error}"),
-        )
-    })?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::new(Code::MalformedJson, format!("The body is not valid JSON: {error}")))?;
     Ok(value)
 }
 
@@ -214,12 +199,11 @@ where
     let text: Option<String> = serde::Deserialize::deserialize(deserializer)?;
     match text {
         None => Ok(None),
-        Some(text) => text.trim().parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a valid {}",
-                short_type_name::<T>()
-            ))
-        }),
+        Some(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a valid {}", short_type_name::<T>()))),
     }
 }
 
@@ -248,11 +232,7 @@ mod tests {
         let cases = [
             (r#"{"user_id": 1"#, Code::MalformedJson, None),
             ("", Code::MalformedJson, None),
-            (
-                r#"{"user_id": 1, "amount": 5} trailing"#,
-                Code::MalformedJson,
-                None,
-            ),
+            (r#"{"user_id": 1, "amount": 5} trailing"#, Code::MalformedJson, None),
             (r#"{"amount": 5}"#, Code::ValidationFailed, Some("user_id")),
             (
                 r#"{"user_id": "one", "amount": 5}"#,

@@ -3,6 +3,7 @@
 //! exposes.
 
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod configuration;
 pub mod domain;
@@ -10,6 +11,8 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod rate_limit;
+pub mod redis_link;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

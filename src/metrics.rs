@@ -1,9 +1,7 @@
 //! The service's Prometheus families (HTTP and business), registered beside the
 //! engine's, and the `/metrics` text they are served as.
 
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tally_actors::Engine;
 
 /// Request latencies: a millisecond to ten seconds.
@@ -83,12 +81,8 @@ impl HttpMetrics {
         response_bytes: Option<u64>,
     ) {
         let status = status.to_string();
-        self.requests
-            .with_label_values(&[method, route, &status])
-            .inc();
-        self.duration
-            .with_label_values(&[method, route])
-            .observe(seconds);
+        self.requests.with_label_values(&[method, route, &status]).inc();
+        self.duration.with_label_values(&[method, route]).observe(seconds);
         self.request_size
             .with_label_values(&[method, route])
             .observe(request_bytes as f64);
@@ -105,10 +99,7 @@ pub async fn render(engine: &Engine, http: &HttpMetrics) -> String {
     engine.refresh_gauges();
     match engine.store().user_count().await {
         Ok(count) => http.users.set(count),
-        Err(error) => tracing::warn!(
-            error = format!("{error:#}"),
-            "cannot count users for /metrics"
-        ),
+        Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot count users for /metrics"),
     }
     TextEncoder::new()
         .encode_to_string(&engine.metrics().registry.gather())

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::error::{ApiError, Code, PROBLEM_JSON};
 use crate::metrics::HttpMetrics;
+use crate::rate_limit::{RateLimiter, Scope};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The route label of requests that matched no route (or whose route is unknown):
@@ -80,12 +81,7 @@ impl RouteTemplates {
     pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>) -> Self {
         let mut templates: Vec<(String, actix_web::dev::ResourceDef)> = templates
             .into_iter()
-            .map(|template| {
-                (
-                    template.to_string(),
-                    actix_web::dev::ResourceDef::new(template),
-                )
-            })
+            .map(|template| (template.to_string(), actix_web::dev::ResourceDef::new(template)))
             .collect();
         // Literal segments win over parameters: `/transactions/history` before
         // `/transactions/{id}`.
@@ -174,14 +170,7 @@ where
             let seconds = started.elapsed().as_secs_f64();
             tracing::Span::current().record("http.response.status_code", status);
             if let Some(metrics) = &metrics {
-                metrics.observe(
-                    &method,
-                    &route,
-                    status,
-                    seconds,
-                    request_bytes,
-                    response_bytes,
-                );
+                metrics.observe(&method, &route, status, seconds, request_bytes, response_bytes);
             }
             tracing::info!(
                 method = %method,
@@ -197,9 +186,7 @@ where
         let handled = async move {
             let call = std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request)));
             let outcome = match call {
-                Ok(future) => {
-                    tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await
-                }
+                Ok(future) => tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await,
                 Err(panic) => Ok(Err(panic)),
             };
             let response = match outcome {
@@ -214,9 +201,7 @@ where
                         .map(|text| text.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
-                    let error = ApiError::internal(anyhow::anyhow!(
-                        "a request handler panicked: {message}"
-                    ));
+                    let error = ApiError::internal(anyhow::anyhow!("a request handler panicked: {message}"));
                     tracing::Span::current().record("status", 500);
                     return Err(error.for_request(&id).into());
                 }
@@ -249,6 +234,32 @@ where
     }
 }
 
+/// The client's address as this server sees it (the peer of the connection; forwarded
+/// headers are not trusted, as any client can set them).
+pub fn client_ip(request: &actix_web::HttpRequest) -> String {
+    request
+        .peer_addr()
+        .map(|address| address.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The per-IP budget of every request but the operators' probes.
+pub async fn limit_per_ip(
+    request: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let probe = matches!(request.path(), "/healthz" | "/readyz" | "/metrics");
+    let limiter = request.app_data::<actix_web::web::Data<RateLimiter>>().cloned();
+    if let (false, Some(limiter)) = (probe, limiter) {
+        let ip = client_ip(request.request());
+        let decision = limiter.check(&[(Scope::Ip, &ip)]).await;
+        if !decision.allowed {
+            return Err(ApiError::rate_limited(decision, "Too many requests from this address").into());
+        }
+    }
+    next.call(request).await
+}
+
 /// Error responses produced outside our handlers (an unknown route, a body over the
 /// limit, a wrong content type) get a problem+json body like every other error.
 pub fn problem_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
@@ -258,9 +269,7 @@ pub fn problem_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
         if is_problem {
-            return Ok(ErrorHandlerResponse::Response(
-                response.map_into_left_body(),
-            ));
+            return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
         }
         let status = response.status();
         let code = match status.as_u16() {
@@ -329,49 +338,34 @@ mod tests {
 
     #[actix_web::test]
     async fn a_panicking_handler_becomes_a_generic_500_problem_with_the_request_id() {
-        let app = test::init_service(App::new().route("/panic", web::get().to(panics)).wrap(
-            RequestGuard {
-                timeout: Duration::from_secs(10),
-                metrics: None,
-                routes: RouteTemplates::default(),
-            },
-        ))
+        let app = test::init_service(App::new().route("/panic", web::get().to(panics)).wrap(RequestGuard {
+            timeout: Duration::from_secs(10),
+            metrics: None,
+            routes: RouteTemplates::default(),
+        }))
         .await;
         let request = test::TestRequest::get()
             .uri("/panic")
             .insert_header((REQUEST_ID_HEADER, "abc-123"))
             .to_request();
-        let error = app
-            .call(request)
-            .await
-            .expect_err("the guard answers with an error");
+        let error = app.call(request).await.expect_err("the guard answers with an error");
         let response = error.error_response();
         assert_eq!(response.status().as_u16(), 500);
-        assert_eq!(
-            response.headers().get(REQUEST_ID_HEADER).unwrap(),
-            "abc-123"
-        );
-        let body = actix_web::body::to_bytes(response.into_body())
-            .await
-            .unwrap();
+        assert_eq!(response.headers().get(REQUEST_ID_HEADER).unwrap(), "abc-123");
+        let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], "internal_error");
         assert_eq!(body["request_id"], "abc-123");
-        assert!(
-            !body.to_string().contains("a bug"),
-            "panic text never reaches a client"
-        );
+        assert!(!body.to_string().contains("a bug"), "panic text never reaches a client");
     }
 
     #[actix_web::test]
     async fn a_request_over_the_time_limit_is_answered_503() {
-        let app = test::init_service(App::new().route("/slow", web::get().to(sleeps)).wrap(
-            RequestGuard {
-                timeout: Duration::from_millis(50),
-                metrics: None,
-                routes: RouteTemplates::default(),
-            },
-        ))
+        let app = test::init_service(App::new().route("/slow", web::get().to(sleeps)).wrap(RequestGuard {
+            timeout: Duration::from_millis(50),
+            metrics: None,
+            routes: RouteTemplates::default(),
+        }))
         .await;
         let error = app
             .call(test::TestRequest::get().uri("/slow").to_request())
@@ -380,9 +374,7 @@ mod tests {
         let response = error.error_response();
         assert_eq!(response.status().as_u16(), 503);
         assert_eq!(response.headers().get("retry-after").unwrap(), "1");
-        let body = actix_web::body::to_bytes(response.into_body())
-            .await
-            .unwrap();
+        let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], "request_timeout");
     }

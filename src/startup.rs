@@ -15,11 +15,14 @@ use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::{Auth, AuthSettings};
+use crate::cache::ReadCache;
 use crate::configuration::{JWT_SECRET_BYTES_MIN, Settings};
 use crate::error::{ApiError, Code};
 use crate::extract::BODY_SIZE_MAX;
 use crate::metrics::HttpMetrics;
-use crate::middleware::{RequestGuard, RouteTemplates, problem_bodies};
+use crate::middleware::{RequestGuard, RouteTemplates, limit_per_ip, problem_bodies};
+use crate::rate_limit::RateLimiter;
+use crate::redis_link::RedisLink;
 use crate::routes::{admin, auth, balances, health, openapi, transactions, users};
 
 /// Register every route. Order matters where paths overlap: `/transactions/history`
@@ -95,9 +98,7 @@ impl std::fmt::Debug for Application {
 fn jwt_secret(settings: &Settings) -> anyhow::Result<Vec<u8>> {
     if let Some(secret) = &settings.auth.jwt_secret {
         if secret.len() < JWT_SECRET_BYTES_MIN {
-            tracing::warn!(
-                "JWT_SECRET is shorter than {JWT_SECRET_BYTES_MIN} bytes; refused in production"
-            );
+            tracing::warn!("JWT_SECRET is shorter than {JWT_SECRET_BYTES_MIN} bytes; refused in production");
         }
         return Ok(secret.as_bytes().to_vec());
     }
@@ -109,8 +110,7 @@ fn jwt_secret(settings: &Settings) -> anyhow::Result<Vec<u8>> {
         return Ok(secret);
     }
     let secret: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-    std::fs::create_dir_all(&directory)
-        .with_context(|| format!("creating {}", directory.display()))?;
+    std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
     std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
     tracing::warn!(path = %path.display(), "JWT_SECRET is not set: generated one for development; set JWT_SECRET in production");
     Ok(secret)
@@ -128,7 +128,7 @@ fn data_directory(database_url: &str) -> PathBuf {
 }
 
 /// Build the authentication state for `store`.
-pub fn build_auth(settings: &Settings, store: Store) -> anyhow::Result<Arc<Auth>> {
+pub fn build_auth(settings: &Settings, store: Store, redis: Option<RedisLink>) -> anyhow::Result<Arc<Auth>> {
     let auth = Auth::new(
         AuthSettings {
             secret: jwt_secret(settings)?,
@@ -138,25 +138,17 @@ pub fn build_auth(settings: &Settings, store: Store) -> anyhow::Result<Arc<Auth>
             refresh_ttl: settings.auth.refresh_ttl,
         },
         store,
+        redis,
     )?;
     Ok(Arc::new(auth))
 }
 
 /// Create the configured first admin unless a user of that name exists.
-async fn ensure_first_admin(
-    settings: &Settings,
-    engine: &Engine,
-    auth: &Arc<Auth>,
-) -> anyhow::Result<()> {
+async fn ensure_first_admin(settings: &Settings, engine: &Engine, auth: &Arc<Auth>) -> anyhow::Result<()> {
     let Some(admin) = &settings.first_admin else {
         return Ok(());
     };
-    if engine
-        .store()
-        .user_by_username(&admin.username)
-        .await?
-        .is_some()
-    {
+    if engine.store().user_by_username(&admin.username).await?.is_some() {
         return Ok(());
     }
     let created = auth::create_user(
@@ -181,7 +173,30 @@ impl Application {
         let engine = Engine::open(settings.engine.clone())
             .await
             .context("opening the ledger engine")?;
-        let auth = build_auth(&settings, engine.store().clone())?;
+        let registry = &engine.metrics().registry;
+        let redis = match &settings.redis_url {
+            Some(url) => Some(RedisLink::new(
+                url,
+                &settings.redis_prefix,
+                settings.redis_timeout,
+                registry,
+            )?),
+            None => None,
+        };
+        let auth = build_auth(&settings, engine.store().clone(), redis.clone())?;
+        actix_web::rt::spawn(auth.clone().follow_events());
+        let limiter = web::Data::new(RateLimiter::new(settings.rate_limits, redis.clone(), registry)?);
+        let cache = Arc::new(ReadCache::new(
+            redis,
+            settings.cache_ttl,
+            settings.cache_entries_max,
+            registry,
+        )?);
+        let invalidated = cache.clone();
+        engine
+            .set_durable_listener(Box::new(move |accounts| invalidated.invalidate(accounts)))
+            .map_err(|error| anyhow::anyhow!(error))?;
+        let cache_data = web::Data::from(cache);
         ensure_first_admin(&settings, &engine, &auth).await?;
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
@@ -215,10 +230,13 @@ impl Application {
                 .app_data(auth_data.clone())
                 .app_data(document.clone())
                 .app_data(metrics_data.clone())
+                .app_data(limiter.clone())
+                .app_data(cache_data.clone())
                 .app_data(web::PayloadConfig::new(BODY_SIZE_MAX))
                 .configure(routes)
                 .default_service(web::to(route_not_found))
                 .into_app()
+                .wrap(actix_web::middleware::from_fn(limit_per_ip))
                 .wrap(problem_bodies())
                 .wrap(cors)
                 .wrap(
@@ -227,10 +245,7 @@ impl Application {
                         .add(("X-Frame-Options", "DENY"))
                         .add(("Referrer-Policy", "no-referrer"))
                         .add(("Cache-Control", "no-store"))
-                        .add((
-                            "Content-Security-Policy",
-                            "default-src 'none'; frame-ancestors 'none'",
-                        )),
+                        .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")),
                 )
                 .wrap(RequestGuard {
                     timeout: http.request_timeout,
@@ -243,16 +258,8 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        tracing::info!(
-            port,
-            durability = engine.durability().as_str(),
-            "Tally is serving"
-        );
-        Ok(Application {
-            port,
-            server,
-            engine,
-        })
+        tracing::info!(port, durability = engine.durability().as_str(), "Tally is serving");
+        Ok(Application { port, server, engine })
     }
 
     pub fn port(&self) -> u16 {
@@ -283,10 +290,7 @@ mod tests {
 
     #[test]
     fn local_state_lives_beside_the_sqlite_file() {
-        assert_eq!(
-            data_directory("sqlite://data/tally.db"),
-            PathBuf::from("data")
-        );
+        assert_eq!(data_directory("sqlite://data/tally.db"), PathBuf::from("data"));
         assert_eq!(
             data_directory("sqlite:///tmp/x/tally.db?mode=rwc"),
             PathBuf::from("/tmp/x")

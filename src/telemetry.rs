@@ -50,14 +50,11 @@ impl Telemetry {
 /// Install the global subscriber; later calls (tests) are no-ops.
 pub fn init(settings: &LogSettings) -> Telemetry {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let format = settings
-        .format
-        .clone()
-        .unwrap_or(if std::io::stdout().is_terminal() {
-            LogFormat::Pretty
-        } else {
-            LogFormat::Json
-        });
+    let format = settings.format.clone().unwrap_or(if std::io::stdout().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -66,10 +63,7 @@ pub fn init(settings: &LogSettings) -> Telemetry {
             .with_span_list(false)
             .with_filter(filter)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .compact()
-            .with_filter(filter)
-            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().with_filter(filter).boxed(),
     };
     let (traces, provider) = match &settings.otlp_endpoint {
         Some(endpoint) => match tracer_provider(endpoint) {
@@ -87,10 +81,7 @@ pub fn init(settings: &LogSettings) -> Telemetry {
         },
         None => (None, None),
     };
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .try_init();
+    let installed = tracing_subscriber::registry().with(logs).with(traces).try_init();
     if installed.is_err() {
         // Already installed (a test process): this pipeline is not the live one.
         if let Some(provider) = &provider {

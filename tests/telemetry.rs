@@ -26,9 +26,7 @@ async fn receive(body: web::Bytes, received: web::Data<Received>) -> HttpRespons
                     spans.extend(scope.spans);
                 }
             }
-            HttpResponse::Ok()
-                .content_type("application/x-protobuf")
-                .finish()
+            HttpResponse::Ok().content_type("application/x-protobuf").finish()
         }
         Err(_) => HttpResponse::BadRequest().finish(),
     }
@@ -88,14 +86,7 @@ async fn a_transfer_is_traced_from_the_request_to_the_batch_that_made_it_durable
             .json(&json!({ "username": username, "password": password }))
             .send()
     };
-    let admin = token(
-        login("root", "admin-password-1")
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let admin = token(login("root", "admin-password-1").await.unwrap().json().await.unwrap());
     let mut ids = Vec::new();
     for name in ["alice", "bob"] {
         let user: serde_json::Value = client
@@ -109,14 +100,7 @@ async fn a_transfer_is_traced_from_the_request_to_the_batch_that_made_it_durable
             .unwrap();
         ids.push(user["id"].as_i64().unwrap());
     }
-    let alice = token(
-        login("alice", "long enough pw")
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let alice = token(login("alice", "long enough pw").await.unwrap().json().await.unwrap());
     let credited = client
         .post(format!("{base}/transactions/credit"))
         .bearer_auth(&admin)
@@ -161,14 +145,8 @@ async fn a_transfer_is_traced_from_the_request_to_the_batch_that_made_it_durable
         attribute(request, "http.route").as_deref(),
         Some("/api/v1/transactions/transfer")
     );
-    assert_eq!(
-        attribute(request, "http.response.status_code").as_deref(),
-        Some("201")
-    );
-    let in_trace: Vec<&Span> = spans
-        .iter()
-        .filter(|span| span.trace_id == request.trace_id)
-        .collect();
+    assert_eq!(attribute(request, "http.response.status_code").as_deref(), Some("201"));
+    let in_trace: Vec<&Span> = spans.iter().filter(|span| span.trace_id == request.trace_id).collect();
     let child = |parent: &Span, name: &str| -> Span {
         in_trace
             .iter()
@@ -180,10 +158,7 @@ async fn a_transfer_is_traced_from_the_request_to_the_batch_that_made_it_durable
             })
     };
     let transfer = child(request, "ledger.transfer");
-    assert_eq!(
-        attribute(&transfer, "outcome").as_deref(),
-        Some("completed")
-    );
+    assert_eq!(attribute(&transfer, "outcome").as_deref(), Some("completed"));
     let debit = child(&transfer, "ledger.debit");
     let credit = child(&transfer, "ledger.credit");
     child(&transfer, "ledger.durable");
@@ -197,20 +172,9 @@ async fn a_transfer_is_traced_from_the_request_to_the_batch_that_made_it_durable
     );
     let batch = spans
         .iter()
-        .find(|span| {
-            span.name == "persister.batch"
-                && span
-                    .links
-                    .iter()
-                    .any(|link| link.span_id == transfer.span_id)
-        })
+        .find(|span| span.name == "persister.batch" && span.links.iter().any(|link| link.span_id == transfer.span_id))
         .expect("the batch that made the transfer durable links to it");
-    assert!(
-        batch
-            .links
-            .iter()
-            .any(|link| link.trace_id == request.trace_id)
-    );
+    assert!(batch.links.iter().any(|link| link.trace_id == request.trace_id));
 
     handle.stop(true).await;
     telemetry.shutdown();

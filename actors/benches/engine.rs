@@ -17,9 +17,7 @@ use actix::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sqlx::{Connection, Executor, PgConnection};
-use tally_actors::{
-    AccountId, Amount, Durability, Engine, EngineConfig, MoveRequest, Placement, TransactionStatus,
-};
+use tally_actors::{AccountId, Amount, Durability, Engine, EngineConfig, MoveRequest, Placement, TransactionStatus};
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const WARMUP: Duration = Duration::from_secs(2);
@@ -55,16 +53,14 @@ fn main() -> anyhow::Result<()> {
     let seconds: u64 = setting("BENCH_SECONDS", 10);
     let callers: usize = setting("BENCH_CALLERS", 64);
     let accounts: i64 = setting("BENCH_ACCOUNTS", 10_000);
-    let durability = Durability::parse(&setting("BENCH_DURABILITY", "strict".to_string()))
-        .unwrap_or(Durability::Strict);
+    let durability =
+        Durability::parse(&setting("BENCH_DURABILITY", "strict".to_string())).unwrap_or(Durability::Strict);
     let admin = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
     let name = format!("tally_bench_{}", std::process::id());
 
     System::new().block_on(async move {
         let mut admin_connection = PgConnection::connect(&admin).await.map_err(|error| {
-            anyhow::anyhow!(
-                "PostgreSQL is not reachable at {admin} ({error}); start it or set DATABASE_URL"
-            )
+            anyhow::anyhow!("PostgreSQL is not reachable at {admin} ({error}); start it or set DATABASE_URL")
         })?;
         admin_connection
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -81,13 +77,7 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn run(
-    url: &str,
-    seconds: u64,
-    callers: usize,
-    accounts: i64,
-    durability: Durability,
-) -> anyhow::Result<()> {
+async fn run(url: &str, seconds: u64, callers: usize, accounts: i64, durability: Durability) -> anyhow::Result<()> {
     let config = EngineConfig {
         database_url: url.to_string(),
         durability,
@@ -96,9 +86,7 @@ async fn run(
         ..EngineConfig::default()
     };
     let engine = Engine::open(config).await?;
-    let ids: Vec<AccountId> = (1..=accounts)
-        .map(|id| AccountId::new(id).unwrap())
-        .collect();
+    let ids: Vec<AccountId> = (1..=accounts).map(|id| AccountId::new(id).unwrap()).collect();
     engine.store().create_accounts(&ids).await?;
     let funding = Amount::from_minor(FUNDING_MINOR)?;
     let mut fund = tokio::task::JoinSet::new();
@@ -156,8 +144,7 @@ async fn run(
             .zip(&steps_before)
             .map(|(step, (count, sum))| {
                 let histogram = steps.with_label_values(&[*step]);
-                let mean = (histogram.get_sample_sum() - sum)
-                    / (histogram.get_sample_count() - count).max(1) as f64;
+                let mean = (histogram.get_sample_sum() - sum) / (histogram.get_sample_count() - count).max(1) as f64;
                 format!("{step} {:.3} ms", mean * 1e3)
             })
             .collect();
@@ -169,10 +156,7 @@ async fn run(
         status.batches_written, status.last_batch_size
     );
     engine.shutdown().await;
-    let violations = tally_actors::Store::connect(url, 1)
-        .await?
-        .verify(10)
-        .await?;
+    let violations = tally_actors::Store::connect(url, 1).await?.verify(10).await?;
     if violations.is_empty() {
         println!("verify: every invariant holds");
     } else {
@@ -220,10 +204,7 @@ async fn drive(
                     Amount::from_minor(rng.random_range(1..=100)).unwrap(),
                 );
                 let started = Instant::now();
-                let record = engine
-                    .execute(request)
-                    .await
-                    .expect("no engine error in the benchmark");
+                let record = engine.execute(request).await.expect("no engine error in the benchmark");
                 assert_eq!(record.status, TransactionStatus::Completed);
                 if measuring.load(Ordering::Relaxed) {
                     latencies.push(started.elapsed());
@@ -257,8 +238,7 @@ fn report(shape: Shape, outcome: &Outcome) {
         if outcome.latencies.is_empty() {
             return 0.0;
         }
-        let index =
-            ((outcome.latencies.len() as f64 * p) as usize).min(outcome.latencies.len() - 1);
+        let index = ((outcome.latencies.len() as f64 * p) as usize).min(outcome.latencies.len() - 1);
         outcome.latencies[index].as_secs_f64() * 1e3
     };
     println!(

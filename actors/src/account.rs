@@ -270,10 +270,7 @@ mod tests {
     fn debit_beyond_available_balance_is_insufficient_funds_and_changes_nothing() {
         let mut state = account(100);
         let before = state.clone();
-        assert_eq!(
-            state.debit(amount(101), now()),
-            Err(Refusal::InsufficientFunds)
-        );
+        assert_eq!(state.debit(amount(101), now()), Err(Refusal::InsufficientFunds));
         assert_eq!(state, before);
     }
 
@@ -281,10 +278,7 @@ mod tests {
     fn held_money_is_not_available_for_debits() {
         let mut state = account(100);
         state.held = 30;
-        assert_eq!(
-            state.debit(amount(71), now()),
-            Err(Refusal::InsufficientFunds)
-        );
+        assert_eq!(state.debit(amount(71), now()), Err(Refusal::InsufficientFunds));
         assert_eq!(state.debit(amount(70), now()).unwrap().balance, 30);
     }
 
@@ -296,16 +290,8 @@ mod tests {
         ] {
             let mut state = account(100);
             state.status = status;
-            assert_eq!(
-                state.debit(amount(1), now()),
-                Err(refusal),
-                "{status:?} debit"
-            );
-            assert_eq!(
-                state.credit(amount(1), now()),
-                Err(refusal),
-                "{status:?} credit"
-            );
+            assert_eq!(state.debit(amount(1), now()), Err(refusal), "{status:?} debit");
+            assert_eq!(state.credit(amount(1), now()), Err(refusal), "{status:?} credit");
             assert_eq!(state.version, 0);
         }
     }
@@ -313,10 +299,7 @@ mod tests {
     #[test]
     fn credit_that_would_overflow_is_refused() {
         let mut state = account(i64::MAX - 5);
-        assert_eq!(
-            state.credit(amount(6), now()),
-            Err(Refusal::BalanceOverflow)
-        );
+        assert_eq!(state.credit(amount(6), now()), Err(Refusal::BalanceOverflow));
         assert_eq!(state.credit(amount(5), now()).unwrap().balance, i64::MAX);
     }
 
@@ -325,10 +308,7 @@ mod tests {
         let mut external = AccountState::new(AccountId::EXTERNAL);
         assert_eq!(external.debit(amount(500), now()).unwrap().balance, -500);
         external.balance = i64::MIN + 10;
-        assert_eq!(
-            external.debit(amount(11), now()),
-            Err(Refusal::BalanceOverflow)
-        );
+        assert_eq!(external.debit(amount(11), now()), Err(Refusal::BalanceOverflow));
     }
 
     #[test]
@@ -343,23 +323,14 @@ mod tests {
     #[test]
     fn status_changes_are_versioned_and_closing_needs_an_empty_account() {
         let mut state = account(10);
-        assert_eq!(
-            state
-                .set_status(AccountStatus::Frozen, now())
-                .unwrap()
-                .version,
-            1
-        );
+        assert_eq!(state.set_status(AccountStatus::Frozen, now()).unwrap().version, 1);
         assert_eq!(
             state.set_status(AccountStatus::Closed, now()),
             Err(StatusChangeRefusal::BalanceNotZero)
         );
         state.balance = 0;
         assert_eq!(
-            state
-                .set_status(AccountStatus::Closed, now())
-                .unwrap()
-                .status,
+            state.set_status(AccountStatus::Closed, now()).unwrap().status,
             AccountStatus::Closed
         );
         assert_eq!(
@@ -385,11 +356,7 @@ mod tests {
         ] {
             assert_eq!(Refusal::parse(refusal.code()), Some(refusal));
         }
-        for status in [
-            AccountStatus::Active,
-            AccountStatus::Frozen,
-            AccountStatus::Closed,
-        ] {
+        for status in [AccountStatus::Active, AccountStatus::Frozen, AccountStatus::Closed] {
             assert_eq!(AccountStatus::parse(status.as_str()), Some(status));
         }
     }

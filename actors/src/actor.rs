@@ -57,12 +57,7 @@ pub(crate) struct AccountActor {
 }
 
 impl AccountActor {
-    pub(crate) fn new(
-        id: AccountId,
-        generation: u64,
-        depth: Arc<AtomicUsize>,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub(crate) fn new(id: AccountId, generation: u64, depth: Arc<AtomicUsize>, shared: Arc<Shared>) -> Self {
         let last_active = shared.clock.now();
         AccountActor {
             id,
@@ -83,8 +78,7 @@ impl AccountActor {
 
     /// A span for handling one message, child of the step that sent it.
     fn span(&self, parent: &tracing::Span, message: &'static str) -> tracing::span::EnteredSpan {
-        tracing::debug_span!(parent: parent, "actor.handle", message, account = self.id.get())
-            .entered()
+        tracing::debug_span!(parent: parent, "actor.handle", message, account = self.id.get()).entered()
     }
 
     fn handled(&self, message: &str, began: Instant) {
@@ -140,25 +134,23 @@ impl Actor for AccountActor {
         let store = self.shared.store.clone();
         let id = self.id;
         let load = async move { store.load_account(id).await };
-        ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| {
-            match loaded {
-                Ok(Some(state)) => {
-                    actor.shared.durable.insert(actor.id, state.version);
-                    actor.shared.metrics.actor_activations.inc();
-                    actor.life = Some(Life::Ready(state));
-                    ctx.run_interval(actor.shared.config.passivation_check_interval, |actor, ctx| {
-                        actor.passivate_if_idle(ctx)
-                    });
-                }
-                Ok(None) => {
-                    actor.life = Some(Life::Missing);
-                    actor.retire(ctx);
-                }
-                Err(error) => {
-                    tracing::warn!(account = %actor.id, error = format!("{error:#}"), "cannot load an account");
-                    actor.life = Some(Life::LoadFailed);
-                    actor.retire(ctx);
-                }
+        ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
+            Ok(Some(state)) => {
+                actor.shared.durable.insert(actor.id, state.version);
+                actor.shared.metrics.actor_activations.inc();
+                actor.life = Some(Life::Ready(state));
+                ctx.run_interval(actor.shared.config.passivation_check_interval, |actor, ctx| {
+                    actor.passivate_if_idle(ctx)
+                });
+            }
+            Ok(None) => {
+                actor.life = Some(Life::Missing);
+                actor.retire(ctx);
+            }
+            Err(error) => {
+                tracing::warn!(account = %actor.id, error = format!("{error:#}"), "cannot load an account");
+                actor.life = Some(Life::LoadFailed);
+                actor.retire(ctx);
             }
         }));
     }
@@ -258,9 +250,7 @@ impl Handler<Refund> for AccountActor {
     fn handle(&mut self, message: Refund, _ctx: &mut Self::Context) -> Self::Result {
         let _span = self.span(&message.span, "refund");
         let began = self.received();
-        let result = self
-            .state()
-            .map(|state| state.refund(message.amount, message.at));
+        let result = self.state().map(|state| state.refund(message.amount, message.at));
         self.handled("refund", began);
         result
     }

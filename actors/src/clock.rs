@@ -32,14 +32,11 @@ impl ManualClock {
         let start = start
             .duration_trunc(TimeDelta::microseconds(1))
             .expect("a start time within chrono's range");
-        ManualClock {
-            now: Mutex::new(start),
-        }
+        ManualClock { now: Mutex::new(start) }
     }
 
     pub fn advance(&self, by: std::time::Duration) {
-        let micros =
-            i64::try_from(by.as_micros()).expect("a test advances the clock by a sane amount");
+        let micros = i64::try_from(by.as_micros()).expect("a test advances the clock by a sane amount");
         let by = TimeDelta::microseconds(micros);
         let mut now = self.now.lock().expect("clock lock");
         *now += by;

@@ -29,9 +29,7 @@ use crate::idempotency::{Claim, Fingerprint, IDEMPOTENCY_KEY_LENGTH_MAX, Idempot
 use crate::metrics::EngineMetrics;
 use crate::money::{AccountId, Amount};
 use crate::persister::{PendingWrite, Persister, PersisterStatus};
-use crate::record::{
-    AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
-};
+use crate::record::{AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus};
 use crate::registry::{Registry, SendError};
 use crate::shared::Shared;
 use crate::store::Store;
@@ -105,9 +103,7 @@ impl MoveRequest {
         }
         if let Some(key) = &self.idempotency_key {
             if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LENGTH_MAX {
-                return Err(EngineError::InvalidRequest(
-                    "an idempotency key has 1 to 255 bytes",
-                ));
+                return Err(EngineError::InvalidRequest("an idempotency key has 1 to 255 bytes"));
             }
             if self.initiator.is_none() {
                 return Err(EngineError::InvalidRequest(
@@ -182,20 +178,13 @@ impl Engine {
         Self::open_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    pub async fn open_with_clock(
-        config: EngineConfig,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Engine> {
+    pub async fn open_with_clock(config: EngineConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Engine> {
         let store = Store::connect(&config.database_url, config.read_connections_max).await?;
         Self::open_on(store, config, clock).await
     }
 
     /// Open on an already connected store (tests inject faults through it).
-    pub async fn open_on(
-        store: Store,
-        config: EngineConfig,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Engine> {
+    pub async fn open_on(store: Store, config: EngineConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Engine> {
         let (sum, accounts) = store.balance_sum().await?;
         if sum == 0 {
             tracing::info!(accounts, "conservation holds: all balances sum to 0");
@@ -204,11 +193,16 @@ impl Engine {
         }
         let metrics = EngineMetrics::new();
         metrics.include_store(store.metrics());
-        metrics
-            .persister_queue_capacity
-            .set(config.queue_capacity as i64);
+        metrics.persister_queue_capacity.set(config.queue_capacity as i64);
         let durable = Arc::new(crate::persister::DurableVersions::new());
-        let persister = Persister::start(&store, &config, durable.clone(), metrics.clone())?;
+        let durable_listener = crate::persister::ListenerSlot::default();
+        let persister = Persister::start(
+            &store,
+            &config,
+            durable.clone(),
+            metrics.clone(),
+            durable_listener.clone(),
+        )?;
         let (owned_arbiters, handles) = match config.placement {
             Placement::Current => (Vec::new(), vec![Arbiter::current()]),
             Placement::Arbiters(count) => {
@@ -225,6 +219,7 @@ impl Engine {
             metrics,
             durable,
             persister,
+            durable_listener,
             idempotency: Idempotency::default(),
             closing: Default::default(),
             in_flight: Default::default(),
@@ -257,17 +252,12 @@ impl Engine {
     /// recorded, or (for `Unavailable` after the work began) that the outcome is not
     /// known yet.
     pub async fn execute(&self, request: MoveRequest) -> Result<TransactionRecord, EngineError> {
-        self.execute_with_replay(request)
-            .await
-            .map(|(record, _)| record)
+        self.execute_with_replay(request).await.map(|(record, _)| record)
     }
 
     /// [`execute`](Self::execute), also telling whether the outcome is a replay: the
     /// idempotency key was used before and nothing ran now.
-    pub async fn execute_with_replay(
-        &self,
-        request: MoveRequest,
-    ) -> Result<(TransactionRecord, bool), EngineError> {
+    pub async fn execute_with_replay(&self, request: MoveRequest) -> Result<(TransactionRecord, bool), EngineError> {
         request.validate()?;
         let guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
         let (reply, outcome) = oneshot::channel();
@@ -298,11 +288,7 @@ impl Engine {
         if id.is_external() {
             return Ok(false);
         }
-        self.shared
-            .store
-            .create_account(id)
-            .await
-            .map_err(EngineError::Store)
+        self.shared.store.create_account(id).await.map_err(EngineError::Store)
     }
 
     /// The account's balances as its actor holds them (activating it if needed).
@@ -357,14 +343,8 @@ impl Engine {
         if let Some(ack) = self.shared.persister.submit(reservation, write, strict) {
             tokio::time::timeout(self.shared.config.durable_wait_max, ack)
                 .await
-                .map_err(|_| {
-                    EngineError::Unavailable(
-                        "the change is not durable yet; its outcome is not known",
-                    )
-                })?
-                .map_err(|_| {
-                    EngineError::Unavailable("the engine stopped; the outcome is not known")
-                })?;
+                .map_err(|_| EngineError::Unavailable("the change is not durable yet; its outcome is not known"))?
+                .map_err(|_| EngineError::Unavailable("the engine stopped; the outcome is not known"))?;
         }
         Ok(AccountBalance {
             account: id,
@@ -374,6 +354,15 @@ impl Engine {
             status: effect.status,
             version: effect.version,
         })
+    }
+
+    /// Be told, after every commit and before its writes are acknowledged, which
+    /// accounts' histories changed. Set once; a second listener is refused.
+    pub fn set_durable_listener(&self, listener: crate::persister::DurableListener) -> Result<(), &'static str> {
+        self.shared
+            .durable_listener
+            .set(listener)
+            .map_err(|_| "a durable listener is already set")
     }
 
     pub fn persister_status(&self) -> PersisterStatus {
@@ -421,17 +410,11 @@ impl Engine {
                 notified.await;
             }
         };
-        if tokio::time::timeout(SHUTDOWN_DRAIN_MAX, drained)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_DRAIN_MAX, drained).await.is_err() {
             tracing::error!("shutdown: operations still in flight after {SHUTDOWN_DRAIN_MAX:?}");
         }
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            shared.persister.flush_and_stop(SHUTDOWN_DRAIN_MAX)
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || shared.persister.flush_and_stop(SHUTDOWN_DRAIN_MAX)).await;
         self.stop_arbiters();
         tracing::info!("engine stopped; everything acknowledged is durable");
     }
@@ -622,9 +605,7 @@ async fn apply(
         }
         Err(StepError::NotFound) => return Err(EngineError::AccountNotFound(request.from)),
         Err(StepError::Unavailable) => {
-            return Err(EngineError::Unavailable(
-                "the source account could not be loaded",
-            ));
+            return Err(EngineError::Unavailable("the source account could not be loaded"));
         }
     };
     record.debit = Some(position(&debited));

@@ -116,18 +116,10 @@ impl Idempotency {
                     };
                     // Not in flight: it may have run before (before a restart, or long
                     // enough ago to have left the table).
-                    let earlier = store
-                        .find_by_idempotency_key(initiator, key)
-                        .await
-                        .map_err(|error| {
-                            tracing::warn!(
-                                error = format!("{error:#}"),
-                                "cannot look up an idempotency key"
-                            );
-                            EngineError::Unavailable(
-                                "the store is unreachable; the idempotency key cannot be checked",
-                            )
-                        })?;
+                    let earlier = store.find_by_idempotency_key(initiator, key).await.map_err(|error| {
+                        tracing::warn!(error = format!("{error:#}"), "cannot look up an idempotency key");
+                        EngineError::Unavailable("the store is unreachable; the idempotency key cannot be checked")
+                    })?;
                     return match earlier {
                         None => Ok(Claim::Owner(owner)),
                         Some(record) if fingerprint.matches(&record) => {

@@ -4,20 +4,17 @@
 //! its own families to the same registry and serves it at `/metrics`. Labels are bounded
 //! sets (message types, outcomes, reasons), never account ids.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Buckets for in-memory steps: a few microseconds to tens of milliseconds.
 const STEP_BUCKETS_SECONDS: &[f64] = &[
-    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
-    0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
 ];
 
 /// Buckets for database work and durability lag: a fraction of a millisecond to seconds.
 const IO_BUCKETS_SECONDS: &[f64] = &[
-    0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0,
-    2.5, 5.0, 10.0,
+    0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5, 5.0, 10.0,
 ];
 
 const BATCH_SIZE_BUCKETS: &[f64] = &[
@@ -37,10 +34,7 @@ impl StoreMetrics {
     pub fn new() -> Self {
         StoreMetrics {
             operations: IntCounterVec::new(
-                Opts::new(
-                    "tally_db_operations_total",
-                    "Store operations by name and outcome",
-                ),
+                Opts::new("tally_db_operations_total", "Store operations by name and outcome"),
                 &["operation", "outcome"],
             )
             .unwrap(),
@@ -54,10 +48,7 @@ impl StoreMetrics {
             )
             .unwrap(),
             pool_connections: prometheus::IntGaugeVec::new(
-                Opts::new(
-                    "tally_db_pool_connections",
-                    "Connections of the read pool by state",
-                ),
+                Opts::new("tally_db_pool_connections", "Connections of the read pool by state"),
                 &["state"],
             )
             .unwrap(),
@@ -66,9 +57,7 @@ impl StoreMetrics {
 
     pub fn record(&self, operation: &str, ok: bool, took: std::time::Duration) {
         let outcome = if ok { "ok" } else { "error" };
-        self.operations
-            .with_label_values(&[operation, outcome])
-            .inc();
+        self.operations.with_label_values(&[operation, outcome]).inc();
         self.duration
             .with_label_values(&[operation])
             .observe(took.as_secs_f64());
@@ -110,10 +99,7 @@ pub struct EngineMetrics {
     pub persister_refused: IntCounterVec,
 }
 
-fn register<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: C,
-) -> C {
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
     registry
         .register(Box::new(collector.clone()))
         .expect("engine metric names are unique");
@@ -139,11 +125,7 @@ impl EngineMetrics {
             ),
             actor_passivations: register(
                 r,
-                IntCounter::new(
-                    "tally_actor_passivations_total",
-                    "Idle account actors passivated",
-                )
-                .unwrap(),
+                IntCounter::new("tally_actor_passivations_total", "Idle account actors passivated").unwrap(),
             ),
             actor_mailbox_depth: register(
                 r,
@@ -220,11 +202,7 @@ impl EngineMetrics {
             ),
             persister_queue_depth: register(
                 r,
-                IntGauge::new(
-                    "tally_persister_queue_depth",
-                    "Writes accepted and not yet durable",
-                )
-                .unwrap(),
+                IntGauge::new("tally_persister_queue_depth", "Writes accepted and not yet durable").unwrap(),
             ),
             persister_queue_capacity: register(
                 r,

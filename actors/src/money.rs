@@ -93,15 +93,9 @@ mod tests {
     fn amounts_outside_one_to_ten_to_the_thirteen_are_refused() {
         assert_eq!(Amount::from_minor(0), Err(AmountError::NotPositive));
         assert_eq!(Amount::from_minor(-5), Err(AmountError::NotPositive));
-        assert_eq!(
-            Amount::from_minor(AMOUNT_MAX_MINOR + 1),
-            Err(AmountError::TooLarge)
-        );
+        assert_eq!(Amount::from_minor(AMOUNT_MAX_MINOR + 1), Err(AmountError::TooLarge));
         assert_eq!(Amount::from_minor(1).unwrap().minor(), 1);
-        assert_eq!(
-            Amount::from_minor(AMOUNT_MAX_MINOR).unwrap().minor(),
-            AMOUNT_MAX_MINOR
-        );
+        assert_eq!(Amount::from_minor(AMOUNT_MAX_MINOR).unwrap().minor(), AMOUNT_MAX_MINOR);
     }
 
     #[test]

@@ -46,6 +46,33 @@ use crate::store::{Batch, Store};
 /// stale row.
 pub(crate) type DurableVersions = DashMap<AccountId, u64>;
 
+/// Told, after each commit and before its writes are acknowledged, which accounts'
+/// histories changed: a cache of histories invalidates them here, so no caller ever
+/// reads a history older than its own acknowledged write.
+pub type DurableListener = Box<dyn Fn(&[AccountId]) + Send + Sync>;
+
+/// The listener slot, set once by the service before it serves.
+#[derive(Clone, Default)]
+pub(crate) struct ListenerSlot(Arc<std::sync::OnceLock<DurableListener>>);
+
+impl ListenerSlot {
+    pub fn get(&self) -> Option<&DurableListener> {
+        self.0.get()
+    }
+
+    pub fn set(&self, listener: DurableListener) -> Result<(), DurableListener> {
+        self.0.set(listener)
+    }
+}
+
+impl std::fmt::Debug for ListenerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSlot")
+            .field("set", &self.0.get().is_some())
+            .finish()
+    }
+}
+
 /// One change handed to the persister.
 #[derive(Debug)]
 pub(crate) struct PendingWrite {
@@ -129,11 +156,7 @@ impl PersisterShared {
     fn failing_for(&self) -> Option<Duration> {
         match self.failing_since_ns.load(Ordering::Acquire) {
             0 => None,
-            since => Some(
-                self.epoch
-                    .elapsed()
-                    .saturating_sub(Duration::from_nanos(since)),
-            ),
+            since => Some(self.epoch.elapsed().saturating_sub(Duration::from_nanos(since))),
         }
     }
 }
@@ -154,6 +177,7 @@ impl Persister {
         config: &EngineConfig,
         durable: Arc<DurableVersions>,
         metrics: EngineMetrics,
+        listener: ListenerSlot,
     ) -> anyhow::Result<Persister> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let shared = Arc::new(PersisterShared {
@@ -181,6 +205,7 @@ impl Persister {
             backoff_max: config.retry_backoff_max,
             pending: Vec::new(),
             flushing: false,
+            listener,
         };
         let thread = std::thread::Builder::new()
             .name("tally-persister".into())
@@ -206,12 +231,12 @@ impl Persister {
                 .inc();
             return Err(EngineError::Unavailable("the database is unreachable"));
         }
-        let taken =
-            self.shared
-                .queued
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                    (queued < self.shared.capacity).then_some(queued + 1)
-                });
+        let taken = self
+            .shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued < self.shared.capacity).then_some(queued + 1)
+            });
         if taken.is_err() {
             self.shared
                 .metrics
@@ -313,14 +338,12 @@ struct Writer {
     /// Writes received and not yet written: some wait for writes they depend on.
     pending: Vec<PendingWrite>,
     flushing: bool,
+    listener: ListenerSlot,
 }
 
 impl Writer {
     fn run(mut self) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {
                 tracing::error!(%error, "persister: cannot build its runtime");
@@ -332,10 +355,7 @@ impl Writer {
         let store = match store {
             Ok(store) => store,
             Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "persister: cannot open its connection"
-                );
+                tracing::error!(error = format!("{error:#}"), "persister: cannot open its connection");
                 return;
             }
         };
@@ -417,12 +437,7 @@ impl Writer {
     }
 
     /// Write one batch, retrying until it commits; false when aborted meanwhile.
-    fn write(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-        store: &Store,
-        writes: Vec<PendingWrite>,
-    ) -> bool {
+    fn write(&mut self, runtime: &tokio::runtime::Runtime, store: &Store, writes: Vec<PendingWrite>) -> bool {
         let batch = build_batch(&writes);
         let metrics = &self.shared.metrics;
         let mut backoff = self.backoff_min;
@@ -447,11 +462,7 @@ impl Writer {
                 }
                 Err(error) => {
                     metrics.persister_retries.inc();
-                    let failures = self
-                        .shared
-                        .consecutive_failures
-                        .fetch_add(1, Ordering::Relaxed)
-                        + 1;
+                    let failures = self.shared.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                     let message = format!("{error:#}");
                     if failures == 1 {
                         metrics.persister_failures.inc();
@@ -493,20 +504,18 @@ impl Writer {
         self.shared.failing_since_ns.store(0, Ordering::Release);
         for effect in &batch.balances {
             let mut durable = self.durable.entry(effect.account).or_insert(0);
-            debug_assert!(
-                *durable < effect.version,
-                "durable versions only move forward"
-            );
+            debug_assert!(*durable < effect.version, "durable versions only move forward");
             *durable = (*durable).max(effect.version);
+        }
+        if let Some(listener) = self.listener.get() {
+            listener(&touched_accounts(&writes));
         }
         // Book-keeping first, acknowledgements last: whoever hears back sees a
         // persister that already counts the write as durable.
         let count = writes.len();
         self.shared.release(count);
         self.shared.batches_written.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .writes_durable
-            .fetch_add(count as u64, Ordering::Relaxed);
+        self.shared.writes_durable.fetch_add(count as u64, Ordering::Relaxed);
         *self.shared.last_batch.lock().expect("status lock") = (count, took);
         let metrics = &self.shared.metrics;
         for write in writes {
@@ -518,6 +527,21 @@ impl Writer {
             }
         }
     }
+}
+
+/// Every account a batch's writes touch (either party of a transaction, and every
+/// account whose state changed), once each.
+fn touched_accounts(writes: &[PendingWrite]) -> Vec<AccountId> {
+    let mut accounts: Vec<AccountId> = writes
+        .iter()
+        .flat_map(|write| {
+            let parties = write.transaction.iter().flat_map(|record| [record.from, record.to]);
+            parties.chain(write.effects.iter().map(|effect| effect.account))
+        })
+        .collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    accounts
 }
 
 /// What one batch writes: every transaction and audit row of `writes`, and for each
@@ -671,13 +695,7 @@ mod tests {
     fn versions_of(writes: &[PendingWrite]) -> Vec<Vec<(i64, u64)>> {
         writes
             .iter()
-            .map(|write| {
-                write
-                    .effects
-                    .iter()
-                    .map(|e| (e.account.get(), e.version))
-                    .collect()
-            })
+            .map(|write| write.effects.iter().map(|e| (e.account.get(), e.version)).collect())
             .collect()
     }
 
@@ -685,10 +703,7 @@ mod tests {
     fn writes_that_continue_the_durable_history_are_ready() {
         let mut pending = vec![write(&[(1, 1), (2, 1)]), write(&[(1, 2), (3, 5)])];
         let ready = select_ready(&mut pending, &durable(&[(1, 0), (2, 0), (3, 4)]));
-        assert_eq!(
-            versions_of(&ready),
-            vec![vec![(1, 1), (2, 1)], vec![(1, 2), (3, 5)]]
-        );
+        assert_eq!(versions_of(&ready), vec![vec![(1, 1), (2, 1)], vec![(1, 2), (3, 5)]]);
         assert!(pending.is_empty());
     }
 
@@ -705,20 +720,13 @@ mod tests {
     fn waiting_spreads_to_writes_that_build_on_a_waiting_write() {
         // The first write waits for account 3's version 1; the second builds on the
         // first through account 2, so it must wait too, although account 1 is complete.
-        let mut pending = vec![
-            write(&[(2, 1), (3, 2)]),
-            write(&[(1, 1), (2, 2)]),
-            write(&[(4, 1)]),
-        ];
+        let mut pending = vec![write(&[(2, 1), (3, 2)]), write(&[(1, 1), (2, 2)]), write(&[(4, 1)])];
         let ready = select_ready(&mut pending, &durable(&[(1, 0), (2, 0), (3, 0), (4, 0)]));
         assert_eq!(versions_of(&ready), vec![vec![(4, 1)]]);
         assert_eq!(pending.len(), 2);
         // The missing write arrives: everything goes together.
         pending.push(write(&[(3, 1), (5, 1)]));
-        let ready = select_ready(
-            &mut pending,
-            &durable(&[(1, 0), (2, 0), (3, 0), (4, 1), (5, 0)]),
-        );
+        let ready = select_ready(&mut pending, &durable(&[(1, 0), (2, 0), (3, 0), (4, 1), (5, 0)]));
         assert_eq!(ready.len(), 3);
         assert!(pending.is_empty());
     }
@@ -758,9 +766,6 @@ mod tests {
         ];
         let batch = build_batch(&writes);
         assert_eq!(batch.balances.len(), 2);
-        assert_eq!(
-            (batch.balances[0].version, batch.balances[0].balance),
-            (2, 7)
-        );
+        assert_eq!((batch.balances[0].version, batch.balances[0].balance), (2, 7));
     }
 }

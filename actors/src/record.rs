@@ -112,9 +112,7 @@ pub struct TransactionRecord {
 impl TransactionRecord {
     /// The source's balance once the transaction ended.
     pub fn from_balance_after(&self) -> Option<i64> {
-        self.refund
-            .or(self.debit)
-            .map(|position| position.balance_after)
+        self.refund.or(self.debit).map(|position| position.balance_after)
     }
 
     /// The target's balance once the transaction ended.
@@ -124,13 +122,7 @@ impl TransactionRecord {
 
     /// Whether `other` asks for the same movement as this record; an idempotency key
     /// reused for a different movement is a client error.
-    pub fn same_request(
-        &self,
-        kind: TransactionKind,
-        from: AccountId,
-        to: AccountId,
-        amount: Amount,
-    ) -> bool {
+    pub fn same_request(&self, kind: TransactionKind, from: AccountId, to: AccountId, amount: Amount) -> bool {
         self.kind == kind && self.from == from && self.to == to && self.amount == amount
     }
 }

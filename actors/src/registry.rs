@@ -74,8 +74,7 @@ impl Registry {
             .or_insert_with(|| {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed);
                 let depth = Arc::new(AtomicUsize::new(0));
-                let arbiter =
-                    &self.arbiters[(id.get() as u64 % self.arbiters.len() as u64) as usize];
+                let arbiter = &self.arbiters[(id.get() as u64 % self.arbiters.len() as u64) as usize];
                 let actor = AccountActor::new(id, generation, depth.clone(), shared.clone());
                 // Our own depth counter bounds the mailbox; actix's capacity only needs
                 // room for everything that counter admits plus must-deliver messages.
@@ -95,8 +94,7 @@ impl Registry {
 
     /// Remove `id`'s entry if it still belongs to actor `generation`.
     pub fn forget(&self, id: AccountId, generation: u64) {
-        self.actors
-            .remove_if(&id, |_, handle| handle.generation == generation);
+        self.actors.remove_if(&id, |_, handle| handle.generation == generation);
     }
 
     /// Send `message` to `id`'s actor and wait for its reply. With `must_deliver`, the
@@ -144,11 +142,7 @@ impl Registry {
         AccountActor: Handler<M>,
         <AccountActor as Actor>::Context: ToEnvelope<AccountActor, M>,
     {
-        let handles: Vec<AccountHandle> = self
-            .actors
-            .iter()
-            .map(|entry| entry.value().clone())
-            .collect();
+        let handles: Vec<AccountHandle> = self.actors.iter().map(|entry| entry.value().clone()).collect();
         let mut replies = Vec::with_capacity(handles.len());
         for handle in handles {
             handle.depth.fetch_add(1, Ordering::AcqRel);

@@ -29,6 +29,7 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub durable: Arc<DurableVersions>,
     pub persister: Persister,
+    pub durable_listener: crate::persister::ListenerSlot,
     pub idempotency: Idempotency,
     /// Set when shutting down: no new operation starts.
     pub closing: AtomicBool,
@@ -38,12 +39,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub async fn ask<M>(
-        self: &Arc<Self>,
-        id: AccountId,
-        message: M,
-        must_deliver: bool,
-    ) -> Result<M::Result, SendError>
+    pub async fn ask<M>(self: &Arc<Self>, id: AccountId, message: M, must_deliver: bool) -> Result<M::Result, SendError>
     where
         M: Message + Clone + Send + 'static,
         M::Result: Send,
@@ -60,9 +56,7 @@ impl Shared {
             self.leave();
             return None;
         }
-        Some(InFlightGuard {
-            shared: self.clone(),
-        })
+        Some(InFlightGuard { shared: self.clone() })
     }
 
     fn leave(&self) {

@@ -84,9 +84,7 @@ impl Drop for TestDb {
             Backend::Postgres => {
                 let name = self.name.clone();
                 let dropped = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     runtime.block_on(async {
                         let mut connection = PgConnection::connect(&admin_url()).await?;
                         connection
@@ -167,10 +165,7 @@ impl Proxy {
 pub async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut check: F) {
     let deadline = tokio::time::Instant::now() + within;
     while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

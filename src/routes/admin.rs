@@ -32,9 +32,7 @@ fn admin_only(caller: &AuthUser) -> Result<(), ApiError> {
     if caller.is_admin() {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "Only an admin may see the engine's state",
-        ))
+        Err(ApiError::forbidden("Only an admin may see the engine's state"))
     }
 }
 
@@ -66,10 +64,7 @@ pub async fn actors(engine: web::Data<Engine>, caller: AuthUser) -> Result<HttpR
         (status = 403, body = Problem)),
     security(("bearer" = [])))]
 #[get("/admin/persister")]
-pub async fn persister(
-    engine: web::Data<Engine>,
-    caller: AuthUser,
-) -> Result<HttpResponse, ApiError> {
+pub async fn persister(engine: web::Data<Engine>, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     admin_only(&caller)?;
     Ok(HttpResponse::Ok().json(engine.persister_status()))
 }

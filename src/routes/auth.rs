@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, post, web};
+use actix_web::{HttpRequest, HttpResponse, post, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tally_actors::{AuditEntry, NewUser, RefreshUse, Role, Store, UserWriteError};
@@ -14,6 +14,7 @@ use crate::domain::{validate_email, validate_password, validate_username};
 use crate::error::{ApiError, Code, FieldError, Problem};
 use crate::extract::JsonBody;
 use crate::middleware::RequestId;
+use crate::rate_limit::{RateLimiter, Scope};
 use crate::routes::views::UserView;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -67,12 +68,7 @@ impl TokenView {
 }
 
 /// An audit entry about a user, stamped with the current request.
-pub fn audit(
-    entity_id: String,
-    action: &str,
-    actor: Option<i64>,
-    details: serde_json::Value,
-) -> AuditEntry {
+pub fn audit(entity_id: String, action: &str, actor: Option<i64>, details: serde_json::Value) -> AuditEntry {
     AuditEntry {
         id: Uuid::now_v7(),
         entity_type: "user".into(),
@@ -86,21 +82,13 @@ pub fn audit(
 }
 
 pub fn store_error(error: anyhow::Error) -> ApiError {
-    ApiError::new(
-        Code::Unavailable,
-        "The user store could not be reached; retry shortly",
-    )
-    .with_cause(error)
+    ApiError::new(Code::Unavailable, "The user store could not be reached; retry shortly").with_cause(error)
 }
 
 pub fn user_write_error(error: UserWriteError) -> ApiError {
     match error {
-        UserWriteError::UsernameTaken => {
-            ApiError::new(Code::UsernameTaken, "That username is taken")
-        }
-        UserWriteError::EmailTaken => {
-            ApiError::new(Code::EmailTaken, "That email address is taken")
-        }
+        UserWriteError::UsernameTaken => ApiError::new(Code::UsernameTaken, "That username is taken"),
+        UserWriteError::EmailTaken => ApiError::new(Code::EmailTaken, "That email address is taken"),
         UserWriteError::NotFound => ApiError::new(Code::UserNotFound, "No such user"),
         UserWriteError::Store(error) => store_error(error),
     }
@@ -111,9 +99,7 @@ pub async fn hash_password(auth: &Arc<Auth>, password: String) -> Result<String,
     let auth = auth.clone();
     web::block(move || auth.hash_password(&password))
         .await
-        .map_err(|error| {
-            ApiError::internal(anyhow::anyhow!("password hashing did not run: {error}"))
-        })?
+        .map_err(|error| ApiError::internal(anyhow::anyhow!("password hashing did not run: {error}")))?
         .map_err(ApiError::internal)
 }
 
@@ -128,12 +114,9 @@ pub async fn create_user(
     actor: Option<i64>,
 ) -> Result<tally_actors::UserRecord, ApiError> {
     let mut errors = Vec::new();
-    let username = validate_username(username)
-        .map_err(|message| errors.push(FieldError::new("username", message)));
-    let email =
-        validate_email(email).map_err(|message| errors.push(FieldError::new("email", message)));
-    let password_ok = validate_password(password)
-        .map_err(|message| errors.push(FieldError::new("password", message)));
+    let username = validate_username(username).map_err(|message| errors.push(FieldError::new("username", message)));
+    let email = validate_email(email).map_err(|message| errors.push(FieldError::new("email", message)));
+    let password_ok = validate_password(password).map_err(|message| errors.push(FieldError::new("password", message)));
     let (Ok(username), Ok(email), Ok(())) = (username, email, password_ok) else {
         return Err(ApiError::validation(errors));
     };
@@ -158,17 +141,35 @@ pub async fn create_user(
         .map_err(user_write_error)
 }
 
+/// Login and registration share a small per-IP budget: each attempt costs an argon2
+/// hash, and guessing passwords should be slow.
+async fn guard_password_endpoint(limiter: &RateLimiter, http: &HttpRequest) -> Result<(), ApiError> {
+    let ip = crate::middleware::client_ip(http);
+    let decision = limiter.check(&[(Scope::Login, &ip)]).await;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::rate_limited(
+            decision,
+            "Too many login or registration attempts from this address",
+        ))
+    }
+}
+
 /// Create an account.
 #[utoipa::path(tag = "auth", request_body = RegisterBody,
     responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 409, body = Problem),
         (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
-        (status = 429, body = Problem), (status = 503, body = Problem)))]
+        (status = 429, description = "Too many attempts from this address", body = Problem), (status = 503, body = Problem)))]
 #[post("/auth/register")]
 pub async fn register(
     auth: web::Data<Arc<Auth>>,
     engine: web::Data<tally_actors::Engine>,
+    limiter: web::Data<RateLimiter>,
+    http: HttpRequest,
     body: JsonBody<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
+    guard_password_endpoint(&limiter, &http).await?;
     let body = body.0;
     let user = create_user(
         engine.store(),
@@ -192,19 +193,18 @@ pub async fn register(
 pub async fn login(
     auth: web::Data<Arc<Auth>>,
     engine: web::Data<tally_actors::Engine>,
+    limiter: web::Data<RateLimiter>,
+    http: HttpRequest,
     body: JsonBody<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
+    guard_password_endpoint(&limiter, &http).await?;
     let body = body.0;
     let store = engine.store();
     // Usernames and passwords of impossible shapes cannot match; they still cost a hash
     // so that timing tells nothing.
-    let plausible =
-        validate_username(&body.username).is_ok() && validate_password(&body.password).is_ok();
+    let plausible = validate_username(&body.username).is_ok() && validate_password(&body.password).is_ok();
     let user = if plausible {
-        store
-            .user_by_username(&body.username)
-            .await
-            .map_err(store_error)?
+        store.user_by_username(&body.username).await.map_err(store_error)?
     } else {
         None
     };
@@ -213,9 +213,7 @@ pub async fn login(
     let password = body.password.clone();
     let verified = web::block(move || verifier.verify_password(&password, stored.as_deref()))
         .await
-        .map_err(|error| {
-            ApiError::internal(anyhow::anyhow!("password check did not run: {error}"))
-        })?;
+        .map_err(|error| ApiError::internal(anyhow::anyhow!("password check did not run: {error}")))?;
     let user = match user {
         Some(user) if verified => user,
         known => {
@@ -228,15 +226,9 @@ pub async fn login(
                 serde_json::json!({ "username": username }),
             );
             if let Err(error) = store.append_audit(&[entry]).await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "could not audit a failed login"
-                );
+                tracing::warn!(error = format!("{error:#}"), "could not audit a failed login");
             }
-            return Err(ApiError::new(
-                Code::InvalidCredentials,
-                "Wrong username or password",
-            ));
+            return Err(ApiError::new(Code::InvalidCredentials, "Wrong username or password"));
         }
     };
     let pair = auth
@@ -263,21 +255,11 @@ pub async fn refresh(
     let id = Uuid::parse_str(&claims.jti).map_err(|_| invalid())?;
     let store = engine.store();
     let now = Utc::now();
-    let family = match store
-        .use_refresh_token(id, now)
-        .await
-        .map_err(store_error)?
-    {
+    let family = match store.use_refresh_token(id, now).await.map_err(store_error)? {
         RefreshUse::Fresh { family, .. } => family,
         RefreshUse::Reused { family, user_id } => {
-            store
-                .revoke_refresh_family(family, now)
-                .await
-                .map_err(store_error)?;
-            tracing::warn!(
-                user_id,
-                "a refresh token was used twice; its session is revoked"
-            );
+            store.revoke_refresh_family(family, now).await.map_err(store_error)?;
+            tracing::warn!(user_id, "a refresh token was used twice; its session is revoked");
             return Err(ApiError::unauthenticated(
                 "The refresh token was already used; the session is revoked",
             ));
@@ -309,7 +291,7 @@ pub async fn logout(
     engine: web::Data<tally_actors::Engine>,
     caller: AuthUser,
 ) -> Result<HttpResponse, ApiError> {
-    auth.deny_list.deny(&caller.jti, caller.expires_at);
+    auth.revoke(&caller.jti, caller.expires_at).await;
     engine
         .store()
         .revoke_user_refresh_tokens(caller.id.get(), Utc::now())

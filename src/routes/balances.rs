@@ -5,10 +5,11 @@
 use actix_web::{HttpResponse, get, web};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use tally_actors::{AccountId, Engine};
+use tally_actors::{AccountId, Engine, JournalEntry};
 use utoipa::IntoParams;
 
 use crate::auth::AuthUser;
+use crate::cache::{Kind, ReadCache};
 use crate::error::{ApiError, Code, Problem};
 use crate::extract::{Query, from_str_opt, path_user_id};
 use crate::routes::views::{
@@ -37,10 +38,7 @@ async fn current_of(engine: &Engine, user: AccountId) -> Result<HttpResponse, Ap
     responses((status = 200, body = BalanceView), (status = 401, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 #[get("/balances/current")]
-pub async fn current(
-    engine: web::Data<Engine>,
-    caller: AuthUser,
-) -> Result<HttpResponse, ApiError> {
+pub async fn current(engine: web::Data<Engine>, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     current_of(&engine, caller.id).await
 }
 
@@ -75,6 +73,7 @@ pub struct JournalParams {
 
 async fn historical_of(
     engine: &Engine,
+    cache: &ReadCache,
     user: AccountId,
     params: JournalParams,
 ) -> Result<HttpResponse, ApiError> {
@@ -82,24 +81,30 @@ async fn historical_of(
         .cursor
         .as_deref()
         .map(|cursor| {
-            decode_cursor(cursor)?.parse::<u64>().map_err(|_| {
-                ApiError::invalid_parameter("cursor", "is not a cursor this API returned")
-            })
+            decode_cursor(cursor)?
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid_parameter("cursor", "is not a cursor this API returned"))
         })
         .transpose()?;
     let limit = page_size(params.limit)?;
     // A user that does not exist has no journal rather than an empty one.
     engine.balance(user).await?;
-    let mut entries = engine
-        .store()
-        .journal(user, before, limit + 1)
-        .await
-        .map_err(store_error)?;
+    let key = cache.account_key(Kind::BalanceHistory, user, &("journal", before, limit));
+    let mut entries: Vec<JournalEntry> = match cache.get(Kind::BalanceHistory, &key).await {
+        Some(entries) => entries,
+        None => {
+            let entries = engine
+                .store()
+                .journal(user, before, limit + 1)
+                .await
+                .map_err(store_error)?;
+            cache.put(key, &entries);
+            entries
+        }
+    };
     let next_cursor = if entries.len() as i64 > limit {
         entries.truncate(limit as usize);
-        entries
-            .last()
-            .map(|entry| encode_cursor(&entry.version.to_string()))
+        entries.last().map(|entry| encode_cursor(&entry.version.to_string()))
     } else {
         None
     };
@@ -117,10 +122,11 @@ async fn historical_of(
 #[get("/balances/historical")]
 pub async fn historical(
     engine: web::Data<Engine>,
+    cache: web::Data<ReadCache>,
     caller: AuthUser,
     params: Query<JournalParams>,
 ) -> Result<HttpResponse, ApiError> {
-    historical_of(&engine, caller.id, params.0).await
+    historical_of(&engine, &cache, caller.id, params.0).await
 }
 
 /// A user's balance changes, newest first.
@@ -132,13 +138,14 @@ pub async fn historical(
 #[get("/balances/historical/{user_id}")]
 pub async fn historical_for(
     engine: web::Data<Engine>,
+    cache: web::Data<ReadCache>,
     caller: AuthUser,
     path: web::Path<String>,
     params: Query<JournalParams>,
 ) -> Result<HttpResponse, ApiError> {
     let user = path_user_id(&path)?;
     authorized(&caller, user)?;
-    historical_of(&engine, user, params.0).await
+    historical_of(&engine, &cache, user, params.0).await
 }
 
 /// The point in time of an at-time query.
@@ -154,18 +161,23 @@ pub struct AtTimeParams {
 
 async fn at_time_of(
     engine: &Engine,
+    cache: &ReadCache,
     user: AccountId,
     params: AtTimeParams,
 ) -> Result<HttpResponse, ApiError> {
-    let time = params.time.ok_or_else(|| {
-        ApiError::invalid_parameter("time", "is required (RFC 3339, e.g. 2026-11-26T10:00:00Z)")
-    })?;
+    let time = params
+        .time
+        .ok_or_else(|| ApiError::invalid_parameter("time", "is required (RFC 3339, e.g. 2026-11-26T10:00:00Z)"))?;
     engine.balance(user).await?;
-    let entry = engine
-        .store()
-        .balance_at(user, time)
-        .await
-        .map_err(store_error)?;
+    let key = cache.account_key(Kind::BalanceHistory, user, &("at", time));
+    let entry: Option<JournalEntry> = match cache.get::<Option<JournalEntry>>(Kind::BalanceHistory, &key).await {
+        Some(entry) => entry,
+        None => {
+            let entry = engine.store().balance_at(user, time).await.map_err(store_error)?;
+            cache.put(key, &entry);
+            entry
+        }
+    };
     Ok(HttpResponse::Ok().json(BalanceAtView {
         user_id: user.get(),
         time,
@@ -183,10 +195,11 @@ async fn at_time_of(
 #[get("/balances/at-time")]
 pub async fn at_time(
     engine: web::Data<Engine>,
+    cache: web::Data<ReadCache>,
     caller: AuthUser,
     params: Query<AtTimeParams>,
 ) -> Result<HttpResponse, ApiError> {
-    at_time_of(&engine, caller.id, params.0).await
+    at_time_of(&engine, &cache, caller.id, params.0).await
 }
 
 /// A user's balance at a point in time.
@@ -198,11 +211,12 @@ pub async fn at_time(
 #[get("/balances/at-time/{user_id}")]
 pub async fn at_time_for(
     engine: web::Data<Engine>,
+    cache: web::Data<ReadCache>,
     caller: AuthUser,
     path: web::Path<String>,
     params: Query<AtTimeParams>,
 ) -> Result<HttpResponse, ApiError> {
     let user = path_user_id(&path)?;
     authorized(&caller, user)?;
-    at_time_of(&engine, user, params.0).await
+    at_time_of(&engine, &cache, user, params.0).await
 }

@@ -28,9 +28,7 @@ pub struct Readiness {
 }
 
 async fn healthy() -> HttpResponse {
-    HttpResponse::Ok().json(Health {
-        status: "ok".into(),
-    })
+    HttpResponse::Ok().json(Health { status: "ok".into() })
 }
 
 /// The process is up.
@@ -56,12 +54,7 @@ pub async fn readyz(engine: web::Data<Engine>) -> HttpResponse {
     let ready = store.is_ok() && engine.is_ready();
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" }.into(),
-        store: if store.is_ok() {
-            "reachable"
-        } else {
-            "unreachable"
-        }
-        .into(),
+        store: if store.is_ok() { "reachable" } else { "unreachable" }.into(),
         durability: engine.durability().as_str().into(),
         persister: engine.persister_status(),
     };
@@ -78,10 +71,7 @@ pub async fn readyz(engine: web::Data<Engine>) -> HttpResponse {
 #[utoipa::path(tag = "health",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
 #[get("/metrics")]
-pub async fn metrics(
-    engine: web::Data<Engine>,
-    http: web::Data<crate::metrics::HttpMetrics>,
-) -> HttpResponse {
+pub async fn metrics(engine: web::Data<Engine>, http: web::Data<crate::metrics::HttpMetrics>) -> HttpResponse {
     let text = crate::metrics::render(&engine, &http).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -7,13 +7,14 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_actors::{
-    AccountId, Engine, HistoryCursor, HistoryQuery, MoveRequest, TransactionKind,
-    TransactionRecord, TransactionStatus,
+    AccountId, Engine, HistoryCursor, HistoryItem, HistoryQuery, MoveRequest, TransactionKind, TransactionRecord,
+    TransactionStatus,
 };
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
+use crate::cache::{Kind, ReadCache};
 use crate::domain::{parse_amount, parse_user_id};
 use crate::error::{ApiError, Code, FieldError, Problem};
 use crate::extract::{JsonBody, Query, from_str_opt, idempotency_key, path_user_id};
@@ -52,20 +53,12 @@ fn field<T>(name: &str, parsed: Result<T, String>, errors: &mut Vec<FieldError>)
 /// Run `request` and answer: 201 with the transaction when it completed (also on an
 /// idempotent replay, with the same body), 422 with the refusal's code and the recorded
 /// transaction when it failed or was rolled back.
-async fn run(
-    engine: &Engine,
-    caller: &AuthUser,
-    request: MoveRequest,
-) -> Result<HttpResponse, ApiError> {
+async fn run(engine: &Engine, caller: &AuthUser, request: MoveRequest) -> Result<HttpResponse, ApiError> {
     let (record, replayed) = engine.execute_with_replay(request).await?;
     respond(&record, replayed, caller)
 }
 
-fn respond(
-    record: &TransactionRecord,
-    replayed: bool,
-    caller: &AuthUser,
-) -> Result<HttpResponse, ApiError> {
+fn respond(record: &TransactionRecord, replayed: bool, caller: &AuthUser) -> Result<HttpResponse, ApiError> {
     let view = TransactionView::for_viewer(record, caller);
     if record.status == TransactionStatus::Completed {
         let mut response = HttpResponse::Created();
@@ -80,10 +73,7 @@ fn respond(
         .unwrap_or(Code::Unavailable);
     let detail = match record.status {
         TransactionStatus::RolledBack => {
-            format!(
-                "The credit was refused ({}); the debit was refunded",
-                reason.as_str()
-            )
+            format!("The credit was refused ({}); the debit was refunded", reason.as_str())
         }
         _ => format!("The debit was refused ({})", reason.as_str()),
     };
@@ -92,11 +82,7 @@ fn respond(
     Err(error)
 }
 
-fn move_request(
-    request: MoveRequest,
-    caller: &AuthUser,
-    http: &HttpRequest,
-) -> Result<MoveRequest, ApiError> {
+fn move_request(request: MoveRequest, caller: &AuthUser, http: &HttpRequest) -> Result<MoveRequest, ApiError> {
     let mut request = request.initiated_by(caller.id.get());
     if let Some(key) = idempotency_key(http)? {
         request = request.idempotency_key(key);
@@ -197,20 +183,14 @@ pub async fn transfer(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.0;
     let mut errors = Vec::new();
-    let from = field(
-        "from_user_id",
-        parse_user_id(body.from_user_id),
-        &mut errors,
-    );
+    let from = field("from_user_id", parse_user_id(body.from_user_id), &mut errors);
     let to = field("to_user_id", parse_user_id(body.to_user_id), &mut errors);
     let amount = field("amount", parse_amount(&body.amount), &mut errors);
     let (Some(from), Some(to), Some(amount)) = (from, to, amount) else {
         return Err(ApiError::validation(errors));
     };
     if !caller.may_act_for(from) {
-        return Err(ApiError::forbidden(
-            "You may only transfer from your own account",
-        ));
+        return Err(ApiError::forbidden("You may only transfer from your own account"));
     }
     let request = move_request(MoveRequest::transfer(from, to, amount), &caller, &http)?;
     run(&engine, &caller, request).await
@@ -231,14 +211,27 @@ pub async fn transfer(
 #[get("/transactions/{id}")]
 pub async fn by_id(
     engine: web::Data<Engine>,
+    cache: web::Data<ReadCache>,
     caller: AuthUser,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = Uuid::parse_str(&path)
-        .map_err(|_| ApiError::invalid_parameter("id", "must be a transaction id (UUID)"))?;
-    let record = engine.store().transaction(id).await.map_err(|error| {
-        ApiError::new(Code::Unavailable, "The store could not be read").with_cause(error)
-    })?;
+    let id =
+        Uuid::parse_str(&path).map_err(|_| ApiError::invalid_parameter("id", "must be a transaction id (UUID)"))?;
+    // A stored transaction never changes, so its cache entry needs no invalidation.
+    let key = cache.key(Kind::Transaction, &id.to_string());
+    let record: Option<TransactionRecord> = match cache.get(Kind::Transaction, &key).await {
+        Some(record) => Some(record),
+        None => {
+            let record =
+                engine.store().transaction(id).await.map_err(|error| {
+                    ApiError::new(Code::Unavailable, "The store could not be read").with_cause(error)
+                })?;
+            if let Some(record) = &record {
+                cache.put(key, record);
+            }
+            record
+        }
+    };
     match record {
         Some(record) if caller.is_admin() || caller.id == record.from || caller.id == record.to => {
             Ok(HttpResponse::Ok().json(TransactionView::for_viewer(&record, &caller)))
@@ -282,6 +275,7 @@ pub struct HistoryParams {
 
 async fn history_of(
     engine: &Engine,
+    cache: &ReadCache,
     caller: &AuthUser,
     account: AccountId,
     params: HistoryParams,
@@ -290,34 +284,26 @@ async fn history_of(
         .kind
         .as_deref()
         .map(|kind| {
-            TransactionKind::parse(kind).ok_or_else(|| {
-                ApiError::invalid_parameter("type", "must be credit, debit or transfer")
-            })
+            TransactionKind::parse(kind)
+                .ok_or_else(|| ApiError::invalid_parameter("type", "must be credit, debit or transfer"))
         })
         .transpose()?;
     let status = params
         .status
         .as_deref()
         .map(|status| {
-            TransactionStatus::parse(status).ok_or_else(|| {
-                ApiError::invalid_parameter("status", "must be completed, failed or rolled_back")
-            })
+            TransactionStatus::parse(status)
+                .ok_or_else(|| ApiError::invalid_parameter("status", "must be completed, failed or rolled_back"))
         })
         .transpose()?;
     if let (Some(from), Some(to)) = (params.from, params.to)
         && from > to
     {
-        return Err(ApiError::invalid_parameter(
-            "from",
-            "must not be after `to`",
-        ));
+        return Err(ApiError::invalid_parameter("from", "must not be after `to`"));
     }
     let counterparty = params
         .counterparty
-        .map(|id| {
-            parse_user_id(id)
-                .map_err(|message| ApiError::invalid_parameter("counterparty", message))
-        })
+        .map(|id| parse_user_id(id).map_err(|message| ApiError::invalid_parameter("counterparty", message)))
         .transpose()?;
     let before = params.cursor.as_deref().map(history_cursor).transpose()?;
     let limit = page_size(params.limit)?;
@@ -331,9 +317,18 @@ async fn history_of(
         before,
         limit: limit + 1,
     };
-    let mut items = engine.store().history(&query).await.map_err(|error| {
-        ApiError::new(Code::Unavailable, "The store could not be read").with_cause(error)
-    })?;
+    let key = cache.account_key(Kind::History, account, &query);
+    let mut items: Vec<HistoryItem> = match cache.get(Kind::History, &key).await {
+        Some(items) => items,
+        None => {
+            let items =
+                engine.store().history(&query).await.map_err(|error| {
+                    ApiError::new(Code::Unavailable, "The store could not be read").with_cause(error)
+                })?;
+            cache.put(key, &items);
+            items
+        }
+    };
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items
@@ -375,10 +370,11 @@ fn history_cursor(cursor: &str) -> Result<HistoryCursor, ApiError> {
 #[get("/transactions/history")]
 pub async fn history(
     engine: web::Data<Engine>,
+    cache: web::Data<ReadCache>,
     caller: AuthUser,
     params: Query<HistoryParams>,
 ) -> Result<HttpResponse, ApiError> {
-    history_of(&engine, &caller, caller.id, params.0).await
+    history_of(&engine, &cache, &caller, caller.id, params.0).await
 }
 
 /// A user's transactions, newest first (the user themself, or an admin).
@@ -395,15 +391,14 @@ pub async fn history(
 #[get("/transactions/user/{user_id}")]
 pub async fn of_user(
     engine: web::Data<Engine>,
+    cache: web::Data<ReadCache>,
     caller: AuthUser,
     path: web::Path<String>,
     params: Query<HistoryParams>,
 ) -> Result<HttpResponse, ApiError> {
     let user = path_user_id(&path)?;
     if !caller.may_act_for(user) {
-        return Err(ApiError::forbidden(
-            "You may only read your own transactions",
-        ));
+        return Err(ApiError::forbidden("You may only read your own transactions"));
     }
-    history_of(&engine, &caller, user, params.0).await
+    history_of(&engine, &cache, &caller, user, params.0).await
 }

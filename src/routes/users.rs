@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, delete, get, put, web};
 use serde::Deserialize;
-use tally_actors::{
-    AccountStatus, AuditContext, Engine, EngineError, Role, UserChanges, UserRecord,
-};
+use tally_actors::{AccountStatus, AuditContext, Engine, EngineError, Role, UserChanges, UserRecord};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Auth, AuthUser};
@@ -49,17 +47,13 @@ pub async fn list(
         .cursor
         .as_deref()
         .map(|cursor| {
-            decode_cursor(cursor)?.parse::<i64>().map_err(|_| {
-                ApiError::invalid_parameter("cursor", "is not a cursor this API returned")
-            })
+            decode_cursor(cursor)?
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid_parameter("cursor", "is not a cursor this API returned"))
         })
         .transpose()?;
     let limit = page_size(params.0.limit)?;
-    let mut users = engine
-        .store()
-        .users(after, limit + 1)
-        .await
-        .map_err(store_error)?;
+    let mut users = engine.store().users(after, limit + 1).await.map_err(store_error)?;
     let next_cursor = if users.len() as i64 > limit {
         users.truncate(limit as usize);
         users.last().map(|user| encode_cursor(&user.id.to_string()))
@@ -72,16 +66,10 @@ pub async fn list(
     }))
 }
 
-async fn visible_user(
-    engine: &Engine,
-    caller: &AuthUser,
-    raw: &str,
-) -> Result<UserRecord, ApiError> {
+async fn visible_user(engine: &Engine, caller: &AuthUser, raw: &str) -> Result<UserRecord, ApiError> {
     let id = path_user_id(raw)?;
     if !caller.may_act_for(id) {
-        return Err(ApiError::forbidden(
-            "You may only see and change your own user",
-        ));
+        return Err(ApiError::forbidden("You may only see and change your own user"));
     }
     engine
         .store()
@@ -150,12 +138,10 @@ pub async fn update(
         .email
         .as_deref()
         .and_then(|value| check("email", validate_email(value)));
-    let password = body.password.as_deref().and_then(|value| {
-        check(
-            "password",
-            validate_password(value).map(|()| value.to_string()),
-        )
-    });
+    let password = body
+        .password
+        .as_deref()
+        .and_then(|value| check("password", validate_password(value).map(|()| value.to_string())));
     let role = body.role.as_deref().and_then(|value| {
         check(
             "role",
@@ -222,7 +208,9 @@ pub async fn update(
         .update_user(target.id, &changes, &entries)
         .await
         .map_err(user_write_error)?;
-    auth.set_token_version(updated.id, updated.token_version);
+    if ends_sessions {
+        auth.announce_user_change(updated.id).await;
+    }
     Ok(HttpResponse::Ok().json(UserView::from(&updated)))
 }
 
@@ -246,10 +234,7 @@ pub async fn remove(
         actor_user_id: Some(caller.id.get()),
         request_id: RequestId::current(),
     };
-    match engine
-        .set_status(account, AccountStatus::Closed, context)
-        .await
-    {
+    match engine.set_status(account, AccountStatus::Closed, context).await {
         Ok(_) => {}
         // Closed by an earlier attempt that did not get to delete the user.
         Err(EngineError::StatusChange(tally_actors::StatusChangeRefusal::AccountClosed)) => {}
@@ -266,6 +251,6 @@ pub async fn remove(
         .delete_user(target.id, &entry)
         .await
         .map_err(user_write_error)?;
-    auth.forget_user(deleted.id);
+    auth.announce_user_change(deleted.id).await;
     Ok(HttpResponse::NoContent().finish())
 }

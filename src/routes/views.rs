@@ -75,9 +75,7 @@ fn user_side(account: AccountId) -> Option<i64> {
 impl TransactionView {
     /// The view `viewer` may see: admins see both balances, a party only its own.
     pub fn for_viewer(record: &TransactionRecord, viewer: &AuthUser) -> Self {
-        let sees = |account: AccountId| {
-            !account.is_external() && (viewer.is_admin() || viewer.id == account)
-        };
+        let sees = |account: AccountId| !account.is_external() && (viewer.is_admin() || viewer.id == account);
         TransactionView {
             id: record.id,
             kind: record.kind.as_str().to_string(),
@@ -89,13 +87,8 @@ impl TransactionView {
                 .from_balance_after()
                 .filter(|_| sees(record.from))
                 .map(format_minor),
-            to_balance_after: record
-                .to_balance_after()
-                .filter(|_| sees(record.to))
-                .map(format_minor),
-            failure_reason: record
-                .failure_reason
-                .map(|reason| reason.code().to_string()),
+            to_balance_after: record.to_balance_after().filter(|_| sees(record.to)).map(format_minor),
+            failure_reason: record.failure_reason.map(|reason| reason.code().to_string()),
             created_at: record.created_at,
             completed_at: record.completed_at,
         }

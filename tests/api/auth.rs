@@ -26,47 +26,25 @@ async fn a_user_registers_logs_in_refreshes_and_logs_out(backend: Backend) {
     assert!(login.body["expires_in"].as_u64().unwrap() > 0);
     let access = login.body["access_token"].as_str().unwrap().to_string();
     let refresh = login.body["refresh_token"].as_str().unwrap().to_string();
-    assert_eq!(
-        app.get("/api/v1/balances/current", Some(&access))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.get("/api/v1/balances/current", Some(&access)).await.status, 200);
 
     // Rotation: the refresh token works once and returns a new pair.
     let rotated = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({ "refresh_token": refresh }),
-        )
+        .post("/api/v1/auth/refresh", None, json!({ "refresh_token": refresh }))
         .await;
     assert_eq!(rotated.status, 200, "{}", rotated.text);
     let refresh_2 = rotated.body["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(refresh_2, refresh);
     let access_2 = rotated.body["access_token"].as_str().unwrap().to_string();
-    assert_eq!(
-        app.get("/api/v1/balances/current", Some(&access_2))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.get("/api/v1/balances/current", Some(&access_2)).await.status, 200);
 
     // Reuse of a spent refresh token is refused and revokes the whole session.
-    app.post(
-        "/api/v1/auth/refresh",
-        None,
-        json!({ "refresh_token": refresh }),
-    )
-    .await
-    .assert_problem(401, "unauthenticated");
-    app.post(
-        "/api/v1/auth/refresh",
-        None,
-        json!({ "refresh_token": refresh_2 }),
-    )
-    .await
-    .assert_problem(401, "unauthenticated");
+    app.post("/api/v1/auth/refresh", None, json!({ "refresh_token": refresh }))
+        .await
+        .assert_problem(401, "unauthenticated");
+    app.post("/api/v1/auth/refresh", None, json!({ "refresh_token": refresh_2 }))
+        .await
+        .assert_problem(401, "unauthenticated");
 
     // Logout: the access token stops working at once.
     let again = app.login("alice", PASSWORD).await;
@@ -81,13 +59,9 @@ async fn a_user_registers_logs_in_refreshes_and_logs_out(backend: Backend) {
     app.get("/api/v1/balances/current", Some(&access_3))
         .await
         .assert_problem(401, "unauthenticated");
-    app.post(
-        "/api/v1/auth/refresh",
-        None,
-        json!({ "refresh_token": refresh_3 }),
-    )
-    .await
-    .assert_problem(401, "unauthenticated");
+    app.post("/api/v1/auth/refresh", None, json!({ "refresh_token": refresh_3 }))
+        .await
+        .assert_problem(401, "unauthenticated");
     app.stop().await;
 }
 
@@ -118,20 +92,12 @@ async fn usernames_and_emails_are_unique(backend: Backend) {
     let app = spawn_app(backend).await;
     app.user("carol").await;
     let body = |username: &str, email: &str| json!({ "username": username, "email": email, "password": PASSWORD });
-    app.post(
-        "/api/v1/auth/register",
-        None,
-        body("CAROL", "other@example.com"),
-    )
-    .await
-    .assert_problem(409, "username_taken");
-    app.post(
-        "/api/v1/auth/register",
-        None,
-        body("carol2", "CAROL@example.com"),
-    )
-    .await
-    .assert_problem(409, "email_taken");
+    app.post("/api/v1/auth/register", None, body("CAROL", "other@example.com"))
+        .await
+        .assert_problem(409, "username_taken");
+    app.post("/api/v1/auth/register", None, body("carol2", "CAROL@example.com"))
+        .await
+        .assert_problem(409, "email_taken");
     app.stop().await;
 }
 

@@ -30,9 +30,7 @@ async fn call(app: &TestApp, case: &Case, caller: Caller, users: &[&TestUser; 3]
         Caller::Other => Some(users[1].token.as_str()),
         Caller::Admin => Some(users[2].token.as_str()),
     };
-    let reply = app
-        .send(case.method, &case.path, token, case.body.clone())
-        .await;
+    let reply = app.send(case.method, &case.path, token, case.body.clone()).await;
     if reply.status >= 400 {
         assert!(
             reply.headers["content-type"]
@@ -203,21 +201,12 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should(backend: Backen
     ];
     let users = [&subject, &other, &admin];
     for case in &cases {
-        for (caller, expected) in [
-            Caller::Anonymous,
-            Caller::Subject,
-            Caller::Other,
-            Caller::Admin,
-        ]
-        .into_iter()
-        .zip(case.expected)
+        for (caller, expected) in [Caller::Anonymous, Caller::Subject, Caller::Other, Caller::Admin]
+            .into_iter()
+            .zip(case.expected)
         {
             let (status, text) = call(&app, case, caller, &users).await;
-            assert_eq!(
-                status, expected,
-                "{} {} as {caller:?}: {text}",
-                case.method, case.path
-            );
+            assert_eq!(status, expected, "{} {} as {caller:?}: {text}", case.method, case.path);
         }
     }
     // The subject's role changed above: its old token no longer works; log in again.
@@ -230,9 +219,7 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should(backend: Backen
     };
 
     // Another user's history never shows the subject's own movements.
-    let history = app
-        .get("/api/v1/transactions/history", Some(&other.token))
-        .await;
+    let history = app.get("/api/v1/transactions/history", Some(&other.token)).await;
     let ids: Vec<&str> = history.body["items"]
         .as_array()
         .unwrap()
@@ -250,10 +237,7 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should(backend: Backen
         .await;
     let seen_by_other = app
         .get(
-            &format!(
-                "/api/v1/transactions/{}",
-                transfer.body["id"].as_str().unwrap()
-            ),
+            &format!("/api/v1/transactions/{}", transfer.body["id"].as_str().unwrap()),
             Some(&other.token),
         )
         .await;
@@ -267,14 +251,9 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should(backend: Backen
 
     // Deleting: not someone else's user, and only an empty account.
     let leaver = app.user("leaver").await;
-    app.send(
-        "DELETE",
-        &format!("/api/v1/users/{}", leaver.id),
-        None,
-        None,
-    )
-    .await
-    .assert_problem(401, "unauthenticated");
+    app.send("DELETE", &format!("/api/v1/users/{}", leaver.id), None, None)
+        .await
+        .assert_problem(401, "unauthenticated");
     app.send(
         "DELETE",
         &format!("/api/v1/users/{}", leaver.id),

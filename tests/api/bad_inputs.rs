@@ -38,13 +38,7 @@ fn json_body(
     }
 }
 
-fn get(
-    why: &'static str,
-    path: String,
-    status: u16,
-    code: &'static str,
-    field: Option<&'static str>,
-) -> Bad {
+fn get(why: &'static str, path: String, status: u16, code: &'static str, field: Option<&'static str>) -> Bad {
     Bad {
         why,
         method: "GET",
@@ -110,14 +104,7 @@ async fn bad_inputs_get_a_precise_4xx_problem_never_a_5xx(backend: Backend) {
             "validation_failed",
             Some("body"),
         ),
-        json_body(
-            "null body",
-            CREDIT,
-            "null",
-            422,
-            "validation_failed",
-            Some("body"),
-        ),
+        json_body("null body", CREDIT, "null", 422, "validation_failed", Some("body")),
         json_body(
             "user_id as string",
             CREDIT,
@@ -385,11 +372,7 @@ async fn bad_inputs_get_a_precise_4xx_problem_never_a_5xx(backend: Backend) {
         Bad {
             why: "oversized body",
             content_type: "application/json",
-            body: format!(
-                r#"{{"user_id": {u}, "amount": 5, "pad": "{}"}}"#,
-                "x".repeat(70_000)
-            )
-            .into_bytes(),
+            body: format!(r#"{{"user_id": {u}, "amount": 5, "pad": "{}"}}"#, "x".repeat(70_000)).into_bytes(),
             ..json_body("", CREDIT, "", 413, "payload_too_large", None)
         },
         Bad {
@@ -574,19 +557,9 @@ async fn bad_inputs_get_a_precise_4xx_problem_never_a_5xx(backend: Backend) {
         if let Some(field) = case.field {
             let fields: Vec<&str> = reply.body["errors"]
                 .as_array()
-                .map(|errors| {
-                    errors
-                        .iter()
-                        .filter_map(|error| error["field"].as_str())
-                        .collect()
-                })
+                .map(|errors| errors.iter().filter_map(|error| error["field"].as_str()).collect())
                 .unwrap_or_default();
-            assert!(
-                fields.contains(&field),
-                "{}: field {field} in {}",
-                case.why,
-                reply.text
-            );
+            assert!(fields.contains(&field), "{}: field {field} in {}", case.why, reply.text);
         }
     }
     // Nothing moved through all of that but the refused debit, transfer and credit

@@ -50,11 +50,7 @@ async fn historical_and_at_time_balances_follow_the_journal(backend: Backend) {
         let reply = app.post(path, Some(token), body.clone()).await;
         assert_eq!(reply.status, 201, "{}", reply.text);
         let created: DateTime<Utc> = reply.body["created_at"].as_str().unwrap().parse().unwrap();
-        moments.push((
-            created,
-            *balance,
-            reply.body["id"].as_str().unwrap().to_string(),
-        ));
+        moments.push((created, *balance, reply.body["id"].as_str().unwrap().to_string()));
     }
     // A refused debit moves nothing and is not a journal entry.
     app.post(
@@ -65,9 +61,7 @@ async fn historical_and_at_time_balances_follow_the_journal(backend: Backend) {
     .await
     .assert_problem(422, "insufficient_funds");
 
-    let journal = app
-        .get("/api/v1/balances/historical", Some(&alice.token))
-        .await;
+    let journal = app.get("/api/v1/balances/historical", Some(&alice.token)).await;
     assert_eq!(journal.status, 200, "{}", journal.text);
     let entries = journal.body["items"].as_array().unwrap();
     assert_eq!(entries.len(), 4);

@@ -18,12 +18,7 @@ fn tally(db: &TestDb, arguments: &[&str]) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"operator-password\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"operator-password\n").unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -38,20 +33,9 @@ async fn admin_create_migrate_and_verify_work_from_the_command_line() {
     );
     let created = tally(
         &db,
-        &[
-            "admin",
-            "create",
-            "--username",
-            "ops",
-            "--email",
-            "ops@example.com",
-        ],
+        &["admin", "create", "--username", "ops", "--email", "ops@example.com"],
     );
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     assert!(String::from_utf8_lossy(&created.stdout).contains("created admin ops"));
     let again = tally(&db, &["admin", "create", "--username", "ops"]);
     assert_eq!(again.status.code(), Some(2), "a taken name is refused");

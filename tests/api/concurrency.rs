@@ -66,12 +66,8 @@ async fn fifty_users_transferring_at_once_keep_every_invariant(backend: Backend)
         assert!(minor >= 0, "no negative balance");
         total += minor;
     }
-    assert_eq!(
-        total,
-        USERS as i64 * 100_00,
-        "money moved between users only"
-    );
-    let db = app.stop().await;
+    assert_eq!(total, USERS as i64 * 100_00, "money moved between users only");
+    let db = app.stop().await.expect("the app owns its database");
     assert_store_invariants(&tally_actors::Store::connect(&db.url, 1).await.unwrap()).await;
 }
 

@@ -62,17 +62,10 @@ on_both_stores!(
 );
 
 async fn cors_allows_only_the_configured_origins(backend: Backend) {
-    let app = crate::helpers::spawn_app_with(
-        backend,
-        &[("TALLY_CORS_ORIGINS", "https://app.example.com")],
-    )
-    .await;
+    let app = crate::helpers::spawn_app_with(backend, &[("TALLY_CORS_ORIGINS", "https://app.example.com")]).await;
     let preflight = |origin: &'static str| {
         app.client
-            .request(
-                reqwest::Method::OPTIONS,
-                app.url("/api/v1/balances/current"),
-            )
+            .request(reqwest::Method::OPTIONS, app.url("/api/v1/balances/current"))
             .header("origin", origin)
             .header("access-control-request-method", "GET")
             .header("access-control-request-headers", "authorization")
@@ -84,12 +77,7 @@ async fn cors_allows_only_the_configured_origins(backend: Backend) {
         "https://app.example.com"
     );
     let refused = preflight("https://evil.example.com").await.unwrap();
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
     app.stop().await;
 }
 

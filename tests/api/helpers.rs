@@ -19,7 +19,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     server: actix_web::dev::ServerHandle,
     pub engine: tally_actors::Engine,
-    pub db: TestDb,
+    /// The database, owned unless this app is a second instance on another app's.
+    pub db: Option<TestDb>,
 }
 
 /// A user the test registered and logged in.
@@ -56,11 +57,7 @@ impl Reply {
         );
         assert_eq!(self.body["code"], code, "code of {}", self.text);
         assert_eq!(self.body["status"], status, "status field of {}", self.text);
-        assert!(
-            self.body["request_id"].is_string(),
-            "request_id in {}",
-            self.text
-        );
+        assert!(self.body["request_id"].is_string(), "request_id in {}", self.text);
     }
 }
 
@@ -69,25 +66,39 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
-    tally_actors::testing::init_logging();
     let db = TestDb::create(backend).await;
+    let url = db.url.clone();
+    let mut app = spawn_app_on(&url, extra).await;
+    app.db = Some(db);
+    app
+}
+
+/// Another instance on the database at `url` (which the caller keeps alive).
+pub async fn spawn_app_on(url: &str, extra: &[(&str, &str)]) -> TestApp {
+    tally_actors::testing::init_logging();
     let mut pairs = vec![
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
-        ("DATABASE_URL", db.url.as_str()),
+        ("DATABASE_URL", url),
         ("TALLY_ARBITERS", "2"),
         ("TALLY_HTTP_WORKERS", "2"),
         ("TALLY_DB_CONNECTIONS", "4"),
         ("JWT_SECRET", JWT_SECRET),
         ("TALLY_ADMIN_USERNAME", ADMIN_USERNAME),
         ("TALLY_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        // Every test client comes from one address: budgets far above what a test
+        // sends, except where a test sets its own.
+        ("TALLY_RATE_LIMIT_IP_PER_SECOND", "1000000"),
+        ("TALLY_RATE_LIMIT_IP_BURST", "1000000"),
+        ("TALLY_RATE_LIMIT_USER_PER_SECOND", "1000000"),
+        ("TALLY_RATE_LIMIT_USER_BURST", "1000000"),
+        ("TALLY_RATE_LIMIT_LOGIN_PER_MINUTE", "1000000"),
+        ("TALLY_RATE_LIMIT_LOGIN_BURST", "1000000"),
     ];
+    // Later pairs win: a test's own settings override the defaults above.
     pairs.extend_from_slice(extra);
-    let settings = Settings::from_environment(&Environment::from_pairs(pairs))
-        .expect("test settings are valid");
-    let application = Application::build(settings)
-        .await
-        .expect("the application starts");
+    let settings = Settings::from_environment(&Environment::from_pairs(pairs)).expect("test settings are valid");
+    let application = Application::build(settings).await.expect("the application starts");
     let address = format!("http://127.0.0.1:{}", application.port());
     let server = application.handle();
     let engine = application.engine().clone();
@@ -99,7 +110,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
         client: reqwest::Client::new(),
         server,
         engine,
-        db,
+        db: None,
     }
 }
 
@@ -126,22 +137,10 @@ impl TestApp {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        Self::read(
-            request
-                .send()
-                .await
-                .expect("the request reaches the server"),
-        )
-        .await
+        Self::read(request.send().await.expect("the request reaches the server")).await
     }
 
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
+    pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = self.client.request(method, self.url(path));
         if let Some(token) = token {
@@ -150,13 +149,7 @@ impl TestApp {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        Self::read(
-            request
-                .send()
-                .await
-                .expect("the request reaches the server"),
-        )
-        .await
+        Self::read(request.send().await.expect("the request reaches the server")).await
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
@@ -212,15 +205,13 @@ impl TestApp {
     }
 
     pub async fn balance(&self, user: &TestUser) -> String {
-        let reply = self
-            .get("/api/v1/balances/current", Some(&user.token))
-            .await;
+        let reply = self.get("/api/v1/balances/current", Some(&user.token)).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         reply.body["balance"].as_str().unwrap().to_string()
     }
 
     /// Stop gracefully and wait until everything queued is written.
-    pub async fn stop(self) -> TestDb {
+    pub async fn stop(self) -> Option<TestDb> {
         self.server.stop(true).await;
         self.engine.shutdown().await;
         self.db

@@ -45,11 +45,7 @@ async fn forged_altered_expired_and_misdirected_tokens_are_refused(backend: Back
     let cases: Vec<(&str, String)> = vec![
         (
             "alg none",
-            format!(
-                "{}.{}.",
-                segment(&json!({"alg": "none", "typ": "JWT"})),
-                parts[1]
-            ),
+            format!("{}.{}.", segment(&json!({"alg": "none", "typ": "JWT"})), parts[1]),
         ),
         (
             "alg RS256 with an HMAC signature",
@@ -71,10 +67,7 @@ async fn forged_altered_expired_and_misdirected_tokens_are_refused(backend: Back
         ("expired", with("exp", json!(now - 3600))),
         ("wrong issuer", with("iss", json!("someone-else"))),
         ("wrong audience", with("aud", json!("another-api"))),
-        (
-            "refresh token used as access token",
-            user.refresh_token.clone(),
-        ),
+        ("refresh token used as access token", user.refresh_token.clone()),
         ("no signature", format!("{}.{}", parts[0], parts[1])),
         ("garbage", "not.a.token".into()),
         ("stale token version", with("ver", json!(99))),
@@ -93,12 +86,7 @@ async fn forged_altered_expired_and_misdirected_tokens_are_refused(backend: Back
     let reply = TestAppExt::raw_auth(&app, "Basic dXNlcjpwYXNz").await;
     reply.assert_problem(401, "unauthenticated");
     // The genuine token still works.
-    assert_eq!(
-        app.get("/api/v1/balances/current", Some(&user.token))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.get("/api/v1/balances/current", Some(&user.token)).await.status, 200);
     app.stop().await;
 }
 

@@ -89,10 +89,7 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
         .unwrap();
     assert_eq!(credited.status(), 201);
 
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "a graceful stop exits 0");
     reader.join().unwrap();
@@ -102,8 +99,7 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
 
     let mut request_lines = 0;
     for line in &captured {
-        let parsed: Value =
-            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         if parsed["message"] == "request" {
             request_lines += 1;
             assert!(
@@ -117,10 +113,7 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
         .iter()
         .filter(|line| line.contains("log-test-credit"))
         .collect();
-    assert!(
-        !credit_lines.is_empty(),
-        "lines of the credit carry its request id"
-    );
+    assert!(!credit_lines.is_empty(), "lines of the credit carry its request id");
     let everything = format!("{}\n{stderr}", captured.join("\n"));
     for (what, secret) in [
         ("password", PASSWORD),
@@ -129,9 +122,6 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
         ("refresh token", refresh.as_str()),
         ("signing secret", SECRET),
     ] {
-        assert!(
-            !everything.contains(secret),
-            "the {what} appears in the logs"
-        );
+        assert!(!everything.contains(secret), "the {what} appears in the logs");
     }
 }

@@ -13,4 +13,5 @@ mod jwt;
 mod logs;
 mod metrics;
 mod openapi;
+mod redis;
 mod transactions;

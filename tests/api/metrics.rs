@@ -9,9 +9,7 @@ use crate::on_both_stores;
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
+        .filter(|line| line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
         .filter(|line| {
             labels
                 .iter()
@@ -66,9 +64,7 @@ async fn actor_coordinator_and_persister_metrics_follow_the_work(backend: Backen
             .starts_with("text/plain")
     );
     let after = reply.text;
-    let moved = |name: &str, labels: &[(&str, &str)]| {
-        sample(&after, name, labels) - sample(&before, name, labels)
-    };
+    let moved = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
 
     assert!(
         moved("tally_actor_activations_total", &[]) >= 2.0,
@@ -76,10 +72,7 @@ async fn actor_coordinator_and_persister_metrics_follow_the_work(backend: Backen
     );
     assert!(sample(&after, "tally_actors_active", &[]) >= 3.0);
     assert_eq!(
-        moved(
-            "tally_transfers_total",
-            &[("kind", "credit"), ("outcome", "completed")]
-        ),
+        moved("tally_transfers_total", &[("kind", "credit"), ("outcome", "completed")]),
         1.0
     );
     assert_eq!(
@@ -97,63 +90,35 @@ async fn actor_coordinator_and_persister_metrics_follow_the_work(backend: Backen
         1.0
     );
     assert_eq!(
-        moved(
-            "tally_transfers_total",
-            &[("kind", "debit"), ("outcome", "failed")]
-        ),
+        moved("tally_transfers_total", &[("kind", "debit"), ("outcome", "failed")]),
         1.0
     );
     assert_eq!(
-        moved(
-            "tally_transfer_rollbacks_total",
-            &[("reason", "account_frozen")]
-        ),
+        moved("tally_transfer_rollbacks_total", &[("reason", "account_frozen")]),
         1.0
     );
-    assert!(
-        moved(
-            "tally_transfer_step_duration_seconds_count",
-            &[("step", "refund")]
-        ) >= 1.0
-    );
-    assert!(
-        moved(
-            "tally_actor_message_duration_seconds_count",
-            &[("message", "debit")]
-        ) >= 3.0
-    );
+    assert!(moved("tally_transfer_step_duration_seconds_count", &[("step", "refund")]) >= 1.0);
+    assert!(moved("tally_actor_message_duration_seconds_count", &[("message", "debit")]) >= 3.0);
     // Four movements and one status change were made durable, in at least one batch.
     assert!(moved("tally_persister_batch_size_sum", &[]) >= 5.0);
     assert!(moved("tally_persister_batch_size_count", &[]) >= 1.0);
     assert!(moved("tally_persister_flush_duration_seconds_count", &[]) >= 1.0);
     assert!(moved("tally_persister_durable_lag_seconds_count", &[]) >= 5.0);
     assert_eq!(sample(&after, "tally_persister_queue_depth", &[]), 0.0);
-    assert_eq!(
-        sample(&after, "tally_persister_queue_capacity", &[]),
-        100_000.0
-    );
-    assert_eq!(
-        moved("tally_amount_moved_minor_total", &[("kind", "transfer")]),
-        400.0
-    );
+    assert_eq!(sample(&after, "tally_persister_queue_capacity", &[]), 100_000.0);
+    assert_eq!(moved("tally_amount_moved_minor_total", &[("kind", "transfer")]), 400.0);
     assert_eq!(sample(&after, "tally_users", &[]), 3.0);
     // HTTP, by route template, never by raw id.
     assert!(
         moved(
             "tally_http_requests_total",
-            &[
-                ("route", "/api/v1/transactions/transfer"),
-                ("status", "201")
-            ]
+            &[("route", "/api/v1/transactions/transfer"), ("status", "201")]
         ) >= 1.0
     );
     assert!(
         moved(
             "tally_http_requests_total",
-            &[
-                ("route", "/api/v1/transactions/transfer"),
-                ("status", "422")
-            ]
+            &[("route", "/api/v1/transactions/transfer"), ("status", "422")]
         ) >= 1.0
     );
     assert!(!after.contains(&format!("route=\"/api/v1/users/{}\"", alice.id)));

@@ -42,10 +42,7 @@ fn response_schema(document: &Value, method: &str, path: &str, status: u16) -> V
     let operation = &document["paths"][path][method];
     assert!(operation.is_object(), "{method} {path} is documented");
     let response = &operation["responses"][status.to_string()];
-    assert!(
-        response.is_object(),
-        "{method} {path} documents status {status}"
-    );
+    assert!(response.is_object(), "{method} {path} documents status {status}");
     let schema = response["content"]
         .as_object()
         .and_then(|content| content.values().next())
@@ -68,8 +65,8 @@ fn response_schema(document: &Value, method: &str, path: &str, status: u16) -> V
 #[track_caller]
 fn assert_valid(document: &Value, method: &str, path: &str, reply: &Reply) {
     let schema = response_schema(document, method, path, reply.status);
-    let validator = jsonschema::validator_for(&schema)
-        .unwrap_or_else(|error| panic!("schema of {method} {path}: {error}"));
+    let validator =
+        jsonschema::validator_for(&schema).unwrap_or_else(|error| panic!("schema of {method} {path}: {error}"));
     let errors: Vec<String> = validator
         .iter_errors(&reply.body)
         .map(|error| format!("{} at {}", error, error.instance_path()))
@@ -95,21 +92,13 @@ async fn the_document_lists_every_route_and_responses_match_it(backend: Backend)
         }
     }
     documented.sort();
-    let mut expected: Vec<(String, String)> = ROUTES
-        .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect();
+    let mut expected: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     expected.sort();
-    assert_eq!(
-        documented, expected,
-        "the document lists exactly the served routes"
-    );
+    assert_eq!(documented, expected, "the document lists exactly the served routes");
     // Every documented operation exists on the server: none answers route_not_found.
     for (method, path) in &documented {
         let concrete = path.replace("{id}", "1").replace("{user_id}", "1");
-        let probe = app
-            .send(&method.to_uppercase(), &concrete, None, None)
-            .await;
+        let probe = app.send(&method.to_uppercase(), &concrete, None, None).await;
         assert_ne!(probe.body["code"], "route_not_found", "{method} {path}");
     }
 
@@ -193,14 +182,12 @@ async fn the_document_lists_every_route_and_responses_match_it(backend: Backend)
     check(
         "get",
         "/api/v1/transactions/{id}",
-        app.get(&format!("/api/v1/transactions/{id}"), Some(&alice.token))
-            .await,
+        app.get(&format!("/api/v1/transactions/{id}"), Some(&alice.token)).await,
     );
     check(
         "get",
         "/api/v1/transactions/history",
-        app.get("/api/v1/transactions/history", Some(&alice.token))
-            .await,
+        app.get("/api/v1/transactions/history", Some(&alice.token)).await,
     );
     check(
         "get",
@@ -211,41 +198,30 @@ async fn the_document_lists_every_route_and_responses_match_it(backend: Backend)
     check(
         "get",
         "/api/v1/transactions/user/{user_id}",
-        app.get(
-            &format!("/api/v1/transactions/user/{}", bob.id),
-            Some(&admin.token),
-        )
-        .await,
+        app.get(&format!("/api/v1/transactions/user/{}", bob.id), Some(&admin.token))
+            .await,
     );
     check(
         "get",
         "/api/v1/balances/current",
-        app.get("/api/v1/balances/current", Some(&alice.token))
-            .await,
+        app.get("/api/v1/balances/current", Some(&alice.token)).await,
     );
     check(
         "get",
         "/api/v1/balances/current/{user_id}",
-        app.get(
-            &format!("/api/v1/balances/current/{}", bob.id),
-            Some(&alice.token),
-        )
-        .await,
-    );
-    check(
-        "get",
-        "/api/v1/balances/historical",
-        app.get("/api/v1/balances/historical", Some(&alice.token))
+        app.get(&format!("/api/v1/balances/current/{}", bob.id), Some(&alice.token))
             .await,
     );
     check(
         "get",
+        "/api/v1/balances/historical",
+        app.get("/api/v1/balances/historical", Some(&alice.token)).await,
+    );
+    check(
+        "get",
         "/api/v1/balances/at-time",
-        app.get(
-            "/api/v1/balances/at-time?time=2030-01-01T00:00:00Z",
-            Some(&alice.token),
-        )
-        .await,
+        app.get("/api/v1/balances/at-time?time=2030-01-01T00:00:00Z", Some(&alice.token))
+            .await,
     );
     check(
         "get",

@@ -5,13 +5,7 @@ use serde_json::json;
 use crate::helpers::{Backend, TestApp, TestUser, spawn_app};
 use crate::on_both_stores;
 
-async fn keyed_transfer(
-    app: &TestApp,
-    user: &TestUser,
-    to: i64,
-    amount: &str,
-    key: &str,
-) -> crate::helpers::Reply {
+async fn keyed_transfer(app: &TestApp, user: &TestUser, to: i64, amount: &str, key: &str) -> crate::helpers::Reply {
     let response = app
         .client
         .post(app.url("/api/v1/transactions/transfer"))
@@ -62,10 +56,7 @@ async fn a_transfer_returns_the_transaction_and_a_retry_replays_it_exactly(backe
     let refused = keyed_transfer(&app, &alice, bob.id, "1000.00", "order-2").await;
     refused.assert_problem(422, "insufficient_funds");
     assert_eq!(refused.body["transaction"]["status"], "failed");
-    assert_eq!(
-        refused.body["transaction"]["failure_reason"],
-        "insufficient_funds"
-    );
+    assert_eq!(refused.body["transaction"]["failure_reason"], "insufficient_funds");
     let replayed = keyed_transfer(&app, &alice, bob.id, "1000.00", "order-2").await;
     replayed.assert_problem(422, "insufficient_funds");
     assert_eq!(replayed.body["transaction"], refused.body["transaction"]);
@@ -115,16 +106,9 @@ async fn history_filters_and_pages_without_gaps_or_duplicates(backend: Backend) 
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        all.len(),
-        1 + 7 + 1,
-        "credit, seven transfers, one failed debit"
-    );
+    assert_eq!(all.len(), 1 + 7 + 1, "credit, seven transfers, one failed debit");
     assert!(everything.body["next_cursor"].is_null());
-    assert_eq!(
-        everything.body["items"][0]["status"], "failed",
-        "newest first"
-    );
+    assert_eq!(everything.body["items"][0]["status"], "failed", "newest first");
 
     let mut paged = Vec::new();
     let mut cursor: Option<String> = None;
@@ -164,24 +148,16 @@ async fn history_filters_and_pages_without_gaps_or_duplicates(backend: Backend) 
     assert_eq!(count("/api/v1/transactions/history?type=credit").await, 1);
     assert_eq!(count("/api/v1/transactions/history?status=failed").await, 1);
     assert_eq!(
-        count(&format!(
-            "/api/v1/transactions/history?counterparty={}",
-            bob.id
-        ))
-        .await,
+        count(&format!("/api/v1/transactions/history?counterparty={}", bob.id)).await,
         7
     );
     assert_eq!(
-        count("/api/v1/transactions/history?from=2000-01-01T00:00:00Z&to=2001-01-01T00:00:00Z")
-            .await,
+        count("/api/v1/transactions/history?from=2000-01-01T00:00:00Z&to=2001-01-01T00:00:00Z").await,
         0
     );
     // Bob's history holds only what reached him, and the admin can read it.
     let bobs = app
-        .get(
-            &format!("/api/v1/transactions/user/{}", bob.id),
-            Some(&admin.token),
-        )
+        .get(&format!("/api/v1/transactions/user/{}", bob.id), Some(&admin.token))
         .await;
     assert_eq!(bobs.body["items"].as_array().unwrap().len(), 7);
     app.stop().await;

@@ -63,7 +63,7 @@ pub struct HistoryCursor {
 }
 
 /// One transaction in an account's history.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryItem {
     /// The account's version at this transaction: the debit's (or, for a refused debit,
     /// the version it was refused at) when the account is the source, the credit's when
@@ -84,7 +84,7 @@ impl HistoryItem {
 }
 
 /// One change of an account's balance.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JournalEntry {
     pub transaction_id: Uuid,
     pub kind: TransactionKind,
@@ -215,18 +215,11 @@ pub(super) fn history_statement(query: &HistoryQuery, dialect: Dialect) -> Optio
     }
     let sides: Vec<Side> = [Side::Source, Side::Target]
         .into_iter()
-        .filter(|side| {
-            query
-                .kind
-                .is_none_or(|kind| side.allows(query.account, kind))
-        })
+        .filter(|side| query.kind.is_none_or(|kind| side.allows(query.account, kind)))
         // Only a completed transaction credited its target: a failed or rolled-back
         // one moved nothing there, so it is in the source's history alone.
         .filter(|side| {
-            *side == Side::Source
-                || query
-                    .status
-                    .is_none_or(|status| status == TransactionStatus::Completed)
+            *side == Side::Source || query.status.is_none_or(|status| status == TransactionStatus::Completed)
         })
         .collect();
     if sides.is_empty() {
@@ -242,12 +235,8 @@ pub(super) fn history_statement(query: &HistoryQuery, dialect: Dialect) -> Optio
             params.add(Param::Id(cursor.id)),
         )
     });
-    let kind = query
-        .kind
-        .map(|kind| params.add(Param::Text(kind.as_str())));
-    let status = query
-        .status
-        .map(|status| params.add(Param::Text(status.as_str())));
+    let kind = query.kind.map(|kind| params.add(Param::Text(kind.as_str())));
+    let status = query.status.map(|status| params.add(Param::Text(status.as_str())));
     let since = query.since.map(|since| params.add(Param::Time(since)));
     let until = query.until.map(|until| params.add(Param::Time(until)));
     let counterparty = query
@@ -266,9 +255,7 @@ pub(super) fn history_statement(query: &HistoryQuery, dialect: Dialect) -> Optio
                 // The first condition bounds the index range; the second finishes the
                 // strict (position, id) comparison.
                 conditions.push(format!("{position} <= {cursor_position}"));
-                conditions.push(format!(
-                    "({position} < {cursor_position} OR id < {cursor_id})"
-                ));
+                conditions.push(format!("({position} < {cursor_position} OR id < {cursor_id})"));
             }
             if let Some(kind) = &kind {
                 conditions.push(format!("type = {kind}"));
@@ -368,12 +355,7 @@ enum JournalBoundPlaceholder {
 
 /// The statement for the account's journal entries within `bound`, newest first, at
 /// most `limit` of them (the caller clamps it).
-pub(super) fn journal_statement(
-    account: AccountId,
-    bound: JournalBound,
-    limit: i64,
-    dialect: Dialect,
-) -> Statement {
+pub(super) fn journal_statement(account: AccountId, bound: JournalBound, limit: i64, dialect: Dialect) -> Statement {
     let mut params = Parameters::new(dialect);
     let account = params.add(Param::Integer(account.get()));
     let limit = params.add(Param::Integer(limit));
@@ -382,9 +364,7 @@ pub(super) fn journal_statement(
         JournalBound::Before(Some(version)) => Some(JournalBoundPlaceholder::VersionBelow(
             params.add(Param::Integer(version_bound(version))),
         )),
-        JournalBound::At(at) => Some(JournalBoundPlaceholder::CreatedAtMost(
-            params.add(Param::Time(at)),
-        )),
+        JournalBound::At(at) => Some(JournalBoundPlaceholder::CreatedAtMost(params.add(Param::Time(at)))),
     };
     let branches = JOURNAL_BRANCHES.map(|branch| {
         let JournalBranch {
@@ -498,20 +478,15 @@ mod plan_tests {
         let store = Store::connect(&db.url, 1).await.unwrap();
         let pool = store.postgres_pool().unwrap();
         sqlx::query(FILL_POSTGRES).execute(pool).await.unwrap();
-        sqlx::query("ANALYZE transactions")
-            .execute(pool)
-            .await
-            .unwrap();
+        sqlx::query("ANALYZE transactions").execute(pool).await.unwrap();
 
         for (what, statement, indexes) in statements(Dialect::Postgres) {
             let sql = format!("EXPLAIN {}", statement.sql);
-            let plan: Vec<(String,)> = sqlx::query_as_with(
-                sqlx::AssertSqlSafe(sql),
-                postgres::arguments(statement.params).unwrap(),
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap();
+            let plan: Vec<(String,)> =
+                sqlx::query_as_with(sqlx::AssertSqlSafe(sql), postgres::arguments(statement.params).unwrap())
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
             let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
             let plan = plan.join("\n");
             for index in indexes {
@@ -537,13 +512,11 @@ mod plan_tests {
 
         for (what, statement, indexes) in statements(Dialect::Sqlite) {
             let sql = format!("EXPLAIN QUERY PLAN {}", statement.sql);
-            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as_with(
-                sqlx::AssertSqlSafe(sql),
-                sqlite::arguments(statement.params).unwrap(),
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap();
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as_with(sqlx::AssertSqlSafe(sql), sqlite::arguments(statement.params).unwrap())
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
             let text: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
             let text = text.join("\n");
             for index in indexes {

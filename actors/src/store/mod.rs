@@ -29,9 +29,7 @@ use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal};
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::StoreMetrics;
 use crate::money::{AccountId, Amount};
-use crate::record::{
-    AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus,
-};
+use crate::record::{AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus};
 use history::{Dialect, JournalBound, Statement};
 
 pub use history::{HistoryCursor, HistoryItem, HistoryQuery, JournalEntry};
@@ -184,32 +182,21 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Store {
     /// Run one store operation, counting it and timing it by name.
-    async fn observed<T, E>(
-        &self,
-        operation: &'static str,
-        work: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
+    async fn observed<T, E>(&self, operation: &'static str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
         let started = std::time::Instant::now();
         let result = work.await;
-        self.metrics
-            .record(operation, result.is_ok(), started.elapsed());
+        self.metrics.record(operation, result.is_ok(), started.elapsed());
         result
     }
 
     /// Connect to `url` (`postgres://…` or `sqlite://…`) and apply pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Store> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(
-                postgres::PgStore::connect(url, max_connections, ACQUIRE_TIMEOUT).await?,
-            )
+            Backend::Postgres(postgres::PgStore::connect(url, max_connections, ACQUIRE_TIMEOUT).await?)
         } else if url.starts_with("sqlite:") {
-            Backend::Sqlite(
-                sqlite::SqliteStore::connect(url, max_connections, ACQUIRE_TIMEOUT).await?,
-            )
+            Backend::Sqlite(sqlite::SqliteStore::connect(url, max_connections, ACQUIRE_TIMEOUT).await?)
         } else {
-            bail!(
-                "DATABASE_URL must start with postgres://, postgresql:// or sqlite: (got {url:?})"
-            );
+            bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite: (got {url:?})");
         };
         let store = Store {
             backend,
@@ -225,12 +212,8 @@ impl Store {
     /// faults.
     pub fn writer(&self, url: &str) -> anyhow::Result<Store> {
         let backend = match &self.backend {
-            Backend::Postgres(_) => {
-                Backend::Postgres(postgres::PgStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?)
-            }
-            Backend::Sqlite(_) => {
-                Backend::Sqlite(sqlite::SqliteStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?)
-            }
+            Backend::Postgres(_) => Backend::Postgres(postgres::PgStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?),
+            Backend::Sqlite(_) => Backend::Sqlite(sqlite::SqliteStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?),
         };
         Ok(Store {
             backend,
@@ -301,10 +284,8 @@ impl Store {
 
     /// Create an empty, active account; returns false when it already existed.
     pub async fn create_account(&self, id: AccountId) -> anyhow::Result<bool> {
-        self.observed("create_account", async {
-            Ok(self.create_accounts(&[id]).await? == 1)
-        })
-        .await
+        self.observed("create_account", async { Ok(self.create_accounts(&[id]).await? == 1) })
+            .await
     }
 
     /// Create empty, active accounts in one statement; returns how many were new.
@@ -397,11 +378,7 @@ impl Store {
     }
 
     /// The audit entries about one entity, oldest first.
-    pub async fn audit_entries(
-        &self,
-        entity_type: &str,
-        entity_id: &str,
-    ) -> anyhow::Result<Vec<AuditEntry>> {
+    pub async fn audit_entries(&self, entity_type: &str, entity_id: &str) -> anyhow::Result<Vec<AuditEntry>> {
         self.observed("audit_entries", async {
             self.faults.check_read()?;
             match &self.backend {
@@ -457,11 +434,7 @@ impl Store {
     /// without a user) nothing is written and the store error says so: a new user never
     /// inherits someone's money.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn create_user(
-        &self,
-        user: &NewUser,
-        audit: &AuditEntry,
-    ) -> Result<UserRecord, UserWriteError> {
+    pub async fn create_user(&self, user: &NewUser, audit: &AuditEntry) -> Result<UserRecord, UserWriteError> {
         self.observed("create_user", async {
             self.faults.check_write().map_err(UserWriteError::Store)?;
             let now = SystemClock.now();
@@ -505,11 +478,7 @@ impl Store {
     /// One page of the users not deleted, by ascending id: those after `after_id` (the
     /// last id of the previous page), at most `limit` (clamped to [`PAGE_SIZE_MAX`]).
     #[tracing::instrument(level = "debug", skip(self))]
-    pub async fn users(
-        &self,
-        after_id: Option<i64>,
-        limit: i64,
-    ) -> anyhow::Result<Vec<UserRecord>> {
+    pub async fn users(&self, after_id: Option<i64>, limit: i64) -> anyhow::Result<Vec<UserRecord>> {
         self.observed("users", async {
             self.faults.check_read()?;
             let limit = page_size(limit);
@@ -568,11 +537,7 @@ impl Store {
     /// write the audit row, in one database transaction. The account is left as it is:
     /// its balance and journal belong to the ledger.
     #[tracing::instrument(level = "debug", skip(self, audit))]
-    pub async fn delete_user(
-        &self,
-        id: i64,
-        audit: &AuditEntry,
-    ) -> Result<UserRecord, UserWriteError> {
+    pub async fn delete_user(&self, id: i64, audit: &AuditEntry) -> Result<UserRecord, UserWriteError> {
         self.observed("delete_user", async {
             self.faults.check_write().map_err(UserWriteError::Store)?;
             let now = SystemClock.now();
@@ -620,11 +585,7 @@ impl Store {
     /// token exactly one is [`RefreshUse::Fresh`] and the others are
     /// [`RefreshUse::Reused`]. A token expired at `now` and never used is unknown.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn use_refresh_token(
-        &self,
-        id: Uuid,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<RefreshUse> {
+    pub async fn use_refresh_token(&self, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<RefreshUse> {
         self.observed("use_refresh_token", async {
             self.faults.check_write()?;
             match &self.backend {
@@ -637,11 +598,7 @@ impl Store {
 
     /// Revoke every token of a family not yet revoked; returns how many were.
     #[tracing::instrument(level = "debug", skip(self))]
-    pub async fn revoke_refresh_family(
-        &self,
-        family: Uuid,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<u64> {
+    pub async fn revoke_refresh_family(&self, family: Uuid, now: DateTime<Utc>) -> anyhow::Result<u64> {
         self.observed("revoke_refresh_family", async {
             self.faults.check_write()?;
             match &self.backend {
@@ -654,11 +611,7 @@ impl Store {
 
     /// Revoke every token of a user not yet revoked; returns how many were.
     #[tracing::instrument(level = "debug", skip(self))]
-    pub async fn revoke_user_refresh_tokens(
-        &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<u64> {
+    pub async fn revoke_user_refresh_tokens(&self, user_id: i64, now: DateTime<Utc>) -> anyhow::Result<u64> {
         self.observed("revoke_user_refresh_tokens", async {
             self.faults.check_write()?;
             match &self.backend {
@@ -711,12 +664,8 @@ impl Store {
             if limit == 0 {
                 return Ok(Vec::new());
             }
-            let statement = history::journal_statement(
-                account,
-                JournalBound::Before(before_version),
-                limit,
-                self.dialect(),
-            );
+            let statement =
+                history::journal_statement(account, JournalBound::Before(before_version), limit, self.dialect());
             self.journal_entries(statement).await
         })
         .await
@@ -729,15 +678,10 @@ impl Store {
     /// Each index is walked backwards from the newest entry until one is old enough,
     /// so the cost grows with how far back `at` lies.
     #[tracing::instrument(level = "debug", skip(self))]
-    pub async fn balance_at(
-        &self,
-        account: AccountId,
-        at: DateTime<Utc>,
-    ) -> anyhow::Result<Option<JournalEntry>> {
+    pub async fn balance_at(&self, account: AccountId, at: DateTime<Utc>) -> anyhow::Result<Option<JournalEntry>> {
         self.observed("balance_at", async {
             self.faults.check_read()?;
-            let statement =
-                history::journal_statement(account, JournalBound::At(at), 1, self.dialect());
+            let statement = history::journal_statement(account, JournalBound::At(at), 1, self.dialect());
             Ok(self.journal_entries(statement).await?.into_iter().next())
         })
         .await
@@ -759,11 +703,7 @@ const EMAIL_INDEX: &str = "users_email_lower";
 
 /// A failed user write as the caller sees it; `violated_index` is the unique index the
 /// database named, if the failure was a unique violation.
-fn user_write_error(
-    error: sqlx::Error,
-    violated_index: Option<&str>,
-    doing: &'static str,
-) -> UserWriteError {
+fn user_write_error(error: sqlx::Error, violated_index: Option<&str>, doing: &'static str) -> UserWriteError {
     match violated_index {
         Some(USERNAME_INDEX) => UserWriteError::UsernameTaken,
         Some(EMAIL_INDEX) => UserWriteError::EmailTaken,
@@ -793,8 +733,7 @@ impl RawUser {
     fn into_record(self) -> anyhow::Result<UserRecord> {
         Ok(UserRecord {
             id: self.id,
-            role: Role::parse(&self.role)
-                .with_context(|| format!("unknown role {:?}", self.role))?,
+            role: Role::parse(&self.role).with_context(|| format!("unknown role {:?}", self.role))?,
             username: self.username,
             email: self.email,
             password_hash: self.password_hash,
@@ -822,8 +761,7 @@ impl RawJournalEntry {
     fn into_entry(self) -> anyhow::Result<JournalEntry> {
         Ok(JournalEntry {
             transaction_id: self.transaction_id,
-            kind: TransactionKind::parse(&self.kind)
-                .with_context(|| format!("unknown type {:?}", self.kind))?,
+            kind: TransactionKind::parse(&self.kind).with_context(|| format!("unknown type {:?}", self.kind))?,
             version: u64::try_from(self.version).context("negative journal version")?,
             delta: self.delta,
             balance_after: self.balance_after,
@@ -853,7 +791,9 @@ fn verify_queries(limit: i64) -> [(MakeViolation, String); 5] {
     [
         (
             |account, balance, _| Violation::NegativeBalance { account, balance },
-            format!("SELECT user_id, amount, 0 FROM balances WHERE user_id <> 0 AND amount < 0 ORDER BY user_id LIMIT {limit}"),
+            format!(
+                "SELECT user_id, amount, 0 FROM balances WHERE user_id <> 0 AND amount < 0 ORDER BY user_id LIMIT {limit}"
+            ),
         ),
         (
             |account, balance, journal_sum| Violation::BalanceMismatch {
@@ -933,10 +873,7 @@ const TRANSACTION_COLUMNS: &str = "id, type, status, from_user_id, to_user_id, a
     from_version, from_balance_after, to_version, to_balance_after, refund_version, refund_balance_after, \
     failure_reason, initiator_id, idempotency_key, created_at, completed_at";
 
-fn position(
-    version: Option<i64>,
-    balance_after: Option<i64>,
-) -> anyhow::Result<Option<JournalPosition>> {
+fn position(version: Option<i64>, balance_after: Option<i64>) -> anyhow::Result<Option<JournalPosition>> {
     match (version, balance_after) {
         (Some(version), Some(balance_after)) => Ok(Some(JournalPosition {
             version: u64::try_from(version).context("negative journal version")?,
@@ -951,8 +888,7 @@ impl RawTransaction {
     fn into_record(self) -> anyhow::Result<TransactionRecord> {
         Ok(TransactionRecord {
             id: self.id,
-            kind: TransactionKind::parse(&self.kind)
-                .with_context(|| format!("unknown type {:?}", self.kind))?,
+            kind: TransactionKind::parse(&self.kind).with_context(|| format!("unknown type {:?}", self.kind))?,
             status: TransactionStatus::parse(&self.status)
                 .with_context(|| format!("unknown status {:?}", self.status))?,
             from: AccountId::new(self.from)?,
@@ -963,19 +899,14 @@ impl RawTransaction {
                 (version, balance_after) => position(version, balance_after)?,
             },
             refused_version: match (self.from_version, self.from_balance_after) {
-                (Some(version), None) => {
-                    Some(u64::try_from(version).context("negative refusal version")?)
-                }
+                (Some(version), None) => Some(u64::try_from(version).context("negative refusal version")?),
                 _ => None,
             },
             credit: position(self.to_version, self.to_balance_after)?,
             refund: position(self.refund_version, self.refund_balance_after)?,
             failure_reason: self
                 .failure_reason
-                .map(|code| {
-                    Refusal::parse(&code)
-                        .with_context(|| format!("unknown failure reason {code:?}"))
-                })
+                .map(|code| Refusal::parse(&code).with_context(|| format!("unknown failure reason {code:?}")))
                 .transpose()?,
             initiator: self.initiator,
             idempotency_key: self.idempotency_key,

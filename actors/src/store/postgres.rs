@@ -14,9 +14,8 @@ use uuid::Uuid;
 
 use super::history::{Param, Statement};
 use super::{
-    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
-    TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error,
-    verify_queries, version_i64,
+    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
+    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries, version_i64,
 };
 use crate::money::AccountId;
 use crate::record::AuditEntry;
@@ -146,11 +145,7 @@ UPDATE refresh_tokens SET used_at = $2
 RETURNING user_id, family";
 
 impl PgStore {
-    pub(super) async fn connect(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub(super) async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
@@ -160,11 +155,7 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    pub(super) fn connect_lazy(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub(super) fn connect_lazy(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
@@ -174,9 +165,7 @@ impl PgStore {
     }
 
     pub(super) async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("../migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&self.pool).await?;
         Ok(())
     }
 
@@ -196,10 +185,7 @@ impl PgStore {
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn load_account(
-        &self,
-        id: AccountId,
-    ) -> anyhow::Result<Option<(i64, i64, String, i64)>> {
+    pub(super) async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<(i64, i64, String, i64)>> {
         Ok(
             sqlx::query_as("SELECT amount, held, status, version FROM balances WHERE user_id = $1")
                 .bind(id.get())
@@ -210,43 +196,19 @@ impl PgStore {
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
         let transactions = &batch.transactions;
-        let column =
-            |f: &dyn Fn(&crate::record::TransactionRecord) -> Option<i64>| -> Vec<Option<i64>> {
-                transactions.iter().map(f).collect()
-            };
+        let column = |f: &dyn Fn(&crate::record::TransactionRecord) -> Option<i64>| -> Vec<Option<i64>> {
+            transactions.iter().map(f).collect()
+        };
         let audit = AuditColumns::of(&batch.audit);
         sqlx::query(WRITE_BATCH)
             .bind(transactions.iter().map(|t| t.id).collect::<Vec<Uuid>>())
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.kind.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.status.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.from.get())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(transactions.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+            .bind(transactions.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
+            .bind(transactions.iter().map(|t| t.from.get()).collect::<Vec<_>>())
             .bind(transactions.iter().map(|t| t.to.get()).collect::<Vec<_>>())
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.amount.minor())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(transactions.iter().map(|t| t.amount.minor()).collect::<Vec<_>>())
             .bind(column(&|t| {
-                t.debit
-                    .map(|p| p.version)
-                    .or(t.refused_version)
-                    .map(version_i64)
+                t.debit.map(|p| p.version).or(t.refused_version).map(version_i64)
             }))
             .bind(column(&|t| t.debit.map(|p| p.balance_after)))
             .bind(column(&|t| t.credit.map(|p| version_i64(p.version))))
@@ -266,34 +228,12 @@ impl PgStore {
                     .map(|t| t.idempotency_key.as_deref())
                     .collect::<Vec<_>>(),
             )
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.created_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.completed_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                batch
-                    .balances
-                    .iter()
-                    .map(|b| b.account.get())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(transactions.iter().map(|t| t.created_at).collect::<Vec<_>>())
+            .bind(transactions.iter().map(|t| t.completed_at).collect::<Vec<_>>())
+            .bind(batch.balances.iter().map(|b| b.account.get()).collect::<Vec<_>>())
             .bind(batch.balances.iter().map(|b| b.balance).collect::<Vec<_>>())
             .bind(batch.balances.iter().map(|b| b.held).collect::<Vec<_>>())
-            .bind(
-                batch
-                    .balances
-                    .iter()
-                    .map(|b| b.status.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(batch.balances.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
             .bind(
                 batch
                     .balances
@@ -348,11 +288,7 @@ impl PgStore {
             .await?)
     }
 
-    pub(super) async fn audit_entries(
-        &self,
-        entity_type: &str,
-        entity_id: &str,
-    ) -> anyhow::Result<Vec<AuditEntry>> {
+    pub(super) async fn audit_entries(&self, entity_type: &str, entity_id: &str) -> anyhow::Result<Vec<AuditEntry>> {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at \
              FROM audit_logs WHERE entity_type = $1 AND entity_id = $2 ORDER BY created_at, id",
@@ -389,9 +325,7 @@ impl PgStore {
         for (make, sql) in verify_queries(limit) {
             // Sums are numeric in PostgreSQL; cast the third column for a uniform decode.
             let sql = format!("SELECT a, b, c::int8 FROM ({sql}) AS v(a, b, c)");
-            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_all(&self.pool)
-                .await?;
+            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
             violations.extend(rows.into_iter().map(|(a, b, c)| make(a, b, c)));
         }
         Ok(violations)
@@ -433,9 +367,7 @@ impl PgStore {
 
     pub(super) async fn user_by_username(&self, username: &str) -> anyhow::Result<Option<RawUser>> {
         // lower(username) is what the unique index holds, so this is an index lookup.
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL"
-        );
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL");
         let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(username)
             .fetch_optional(&self.pool)
@@ -444,9 +376,7 @@ impl PgStore {
     }
 
     pub(super) async fn users(&self, after_id: i64, limit: i64) -> anyhow::Result<Vec<RawUser>> {
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2"
-        );
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2");
         let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(after_id)
             .bind(limit)
@@ -549,11 +479,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn use_refresh_token(
-        &self,
-        id: Uuid,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<RefreshUse> {
+    pub(super) async fn use_refresh_token(&self, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<RefreshUse> {
         let spent: Option<(i64, Uuid)> = sqlx::query_as(SPEND_REFRESH_TOKEN)
             .bind(id)
             .bind(now)
@@ -579,70 +505,47 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn revoke_refresh_family(
-        &self,
-        family: Uuid,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<u64> {
-        let result = sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
-        )
-        .bind(family)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .context("revoking a refresh token family")?;
+    pub(super) async fn revoke_refresh_family(&self, family: Uuid, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let result = sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL")
+            .bind(family)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .context("revoking a refresh token family")?;
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn revoke_user_refresh_tokens(
-        &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<u64> {
-        let result = sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .context("revoking a user's refresh tokens")?;
+    pub(super) async fn revoke_user_refresh_tokens(&self, user_id: i64, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let result = sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .context("revoking a user's refresh tokens")?;
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn history(
-        &self,
-        statement: Statement,
-    ) -> anyhow::Result<Vec<(i64, RawTransaction)>> {
+    pub(super) async fn history(&self, statement: Statement) -> anyhow::Result<Vec<(i64, RawTransaction)>> {
         use sqlx::Row;
-        let rows = sqlx::query_with(
-            sqlx::AssertSqlSafe(statement.sql),
-            arguments(statement.params)?,
-        )
-        .fetch_all(&self.pool)
-        .await
-        .context("reading an account's history")?;
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), arguments(statement.params)?)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading an account's history")?;
         rows.iter()
             .map(|row| Ok((row.try_get("position")?, raw_transaction(row)?)))
             .collect()
     }
 
-    pub(super) async fn journal(
-        &self,
-        statement: Statement,
-    ) -> anyhow::Result<Vec<RawJournalEntry>> {
-        let rows: Vec<JournalRow> = sqlx::query_as_with(
-            sqlx::AssertSqlSafe(statement.sql),
-            arguments(statement.params)?,
-        )
-        .fetch_all(&self.pool)
-        .await
-        .context("reading an account's journal")?;
+    pub(super) async fn journal(&self, statement: Statement) -> anyhow::Result<Vec<RawJournalEntry>> {
+        let rows: Vec<JournalRow> =
+            sqlx::query_as_with(sqlx::AssertSqlSafe(statement.sql), arguments(statement.params)?)
+                .fetch_all(&self.pool)
+                .await
+                .context("reading an account's journal")?;
         Ok(rows
             .into_iter()
             .map(
-                |(
+                |(transaction_id, kind, version, delta, balance_after, counterparty, created_at)| RawJournalEntry {
                     transaction_id,
                     kind,
                     version,
@@ -650,16 +553,6 @@ impl PgStore {
                     balance_after,
                     counterparty,
                     created_at,
-                )| {
-                    RawJournalEntry {
-                        transaction_id,
-                        kind,
-                        version,
-                        delta,
-                        balance_after,
-                        counterparty,
-                        created_at,
-                    }
                 },
             )
             .collect())
@@ -692,9 +585,7 @@ fn raw_transaction(row: &sqlx::postgres::PgRow) -> anyhow::Result<RawTransaction
 /// The unique index a failed write violated, as PostgreSQL names it.
 fn violated_unique_index(error: &sqlx::Error) -> Option<&str> {
     match error {
-        sqlx::Error::Database(database) if database.kind() == ErrorKind::UniqueViolation => {
-            database.constraint()
-        }
+        sqlx::Error::Database(database) if database.kind() == ErrorKind::UniqueViolation => database.constraint(),
         _ => None,
     }
 }
@@ -705,17 +596,7 @@ fn write_error(error: sqlx::Error, doing: &'static str) -> UserWriteError {
 }
 
 fn raw_user(row: UserRow) -> RawUser {
-    let (
-        id,
-        username,
-        email,
-        password_hash,
-        role,
-        created_at,
-        updated_at,
-        deleted_at,
-        token_version,
-    ) = row;
+    let (id, username, email, password_hash, role, created_at, updated_at, deleted_at, token_version) = row;
     RawUser {
         id,
         username,
@@ -745,21 +626,12 @@ impl<'a> AuditColumns<'a> {
     fn of(entries: &'a [AuditEntry]) -> Self {
         AuditColumns {
             ids: entries.iter().map(|entry| entry.id).collect(),
-            entity_types: entries
-                .iter()
-                .map(|entry| entry.entity_type.as_str())
-                .collect(),
-            entity_ids: entries
-                .iter()
-                .map(|entry| entry.entity_id.as_str())
-                .collect(),
+            entity_types: entries.iter().map(|entry| entry.entity_type.as_str()).collect(),
+            entity_ids: entries.iter().map(|entry| entry.entity_id.as_str()).collect(),
             actions: entries.iter().map(|entry| entry.action.as_str()).collect(),
             actor_user_ids: entries.iter().map(|entry| entry.actor_user_id).collect(),
             details: entries.iter().map(|entry| &entry.details).collect(),
-            request_ids: entries
-                .iter()
-                .map(|entry| entry.request_id.as_deref())
-                .collect(),
+            request_ids: entries.iter().map(|entry| entry.request_id.as_deref()).collect(),
             created_ats: entries.iter().map(|entry| entry.created_at).collect(),
         }
     }

@@ -12,42 +12,21 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use uuid::Uuid;
 
 use super::history::{Param, Statement};
 use super::{
-    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
-    TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error,
-    verify_queries, version_i64,
+    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
+    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries, version_i64,
 };
 use crate::money::AccountId;
 use crate::record::AuditEntry;
 
-type AuditRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<i64>,
-    String,
-    Option<String>,
-    i64,
-);
+type AuditRow = (String, String, String, String, Option<i64>, String, Option<String>, i64);
 
-type UserRow = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<i64>,
-    i64,
-);
+type UserRow = (i64, String, String, String, String, i64, i64, Option<i64>, i64);
 
 type JournalRow = (String, String, i64, i64, i64, i64, i64);
 
@@ -98,21 +77,13 @@ fn from_micros(micros: i64) -> anyhow::Result<DateTime<Utc>> {
 }
 
 impl SqliteStore {
-    pub(super) async fn connect(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub(super) async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let store = Self::connect_lazy(url, max_connections, acquire_timeout)?;
         store.ping().await.context("opening the SQLite database")?;
         Ok(store)
     }
 
-    pub(super) fn connect_lazy(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub(super) fn connect_lazy(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("parsing SQLite URL {url:?}"))?
             .create_if_missing(true)
@@ -137,9 +108,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&self.pool)
-            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&self.pool).await?;
         Ok(())
     }
 
@@ -161,10 +130,7 @@ impl SqliteStore {
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn load_account(
-        &self,
-        id: AccountId,
-    ) -> anyhow::Result<Option<(i64, i64, String, i64)>> {
+    pub(super) async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<(i64, i64, String, i64)>> {
         Ok(
             sqlx::query_as("SELECT amount, held, status, version FROM balances WHERE user_id = ?1")
                 .bind(id.get())
@@ -185,10 +151,7 @@ impl SqliteStore {
                     t.from.get(),
                     t.to.get(),
                     t.amount.minor(),
-                    t.debit
-                        .map(|p| p.version)
-                        .or(t.refused_version)
-                        .map(version_i64),
+                    t.debit.map(|p| p.version).or(t.refused_version).map(version_i64),
                     t.debit.map(|p| p.balance_after),
                     t.credit.map(|p| version_i64(p.version)),
                     t.credit.map(|p| p.balance_after),
@@ -238,10 +201,7 @@ impl SqliteStore {
                 .await
                 .context("inserting audit rows")?;
         }
-        transaction
-            .commit()
-            .await
-            .context("committing a batch to SQLite")?;
+        transaction.commit().await.context("committing a batch to SQLite")?;
         Ok(())
     }
 
@@ -277,11 +237,7 @@ impl SqliteStore {
             .await?)
     }
 
-    pub(super) async fn audit_entries(
-        &self,
-        entity_type: &str,
-        entity_id: &str,
-    ) -> anyhow::Result<Vec<AuditEntry>> {
+    pub(super) async fn audit_entries(&self, entity_type: &str, entity_id: &str) -> anyhow::Result<Vec<AuditEntry>> {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at \
              FROM audit_logs WHERE entity_type = ?1 AND entity_id = ?2 ORDER BY created_at, id",
@@ -308,19 +264,16 @@ impl SqliteStore {
 
     pub(super) async fn balance_sum(&self) -> anyhow::Result<(i128, i64)> {
         // TOTAL would go through a float; SUM stays exact (and errors on overflow).
-        let (sum, count): (i64, i64) =
-            sqlx::query_as("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM balances")
-                .fetch_one(&self.pool)
-                .await?;
+        let (sum, count): (i64, i64) = sqlx::query_as("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM balances")
+            .fetch_one(&self.pool)
+            .await?;
         Ok((i128::from(sum), count))
     }
 
     pub(super) async fn verify(&self, limit: i64) -> anyhow::Result<Vec<Violation>> {
         let mut violations = Vec::new();
         for (make, sql) in verify_queries(limit) {
-            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_all(&self.pool)
-                .await?;
+            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
             violations.extend(rows.into_iter().map(|(a, b, c)| make(a, b, c)));
         }
         Ok(violations)
@@ -379,9 +332,7 @@ impl SqliteStore {
 
     pub(super) async fn user_by_username(&self, username: &str) -> anyhow::Result<Option<RawUser>> {
         // lower(username) is what the unique index holds, so this is an index lookup.
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower(?1) AND deleted_at IS NULL"
-        );
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower(?1) AND deleted_at IS NULL");
         let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(username)
             .fetch_optional(&self.pool)
@@ -390,9 +341,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn users(&self, after_id: i64, limit: i64) -> anyhow::Result<Vec<RawUser>> {
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE id > ?1 AND deleted_at IS NULL ORDER BY id LIMIT ?2"
-        );
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id > ?1 AND deleted_at IS NULL ORDER BY id LIMIT ?2");
         let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(after_id)
             .bind(limit)
@@ -473,14 +422,12 @@ impl SqliteStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .bind(micros(now))
-        .execute(&mut *transaction)
-        .await
-        .map_err(fail)?;
+        sqlx::query("UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(micros(now))
+            .execute(&mut *transaction)
+            .await
+            .map_err(fail)?;
         sqlx::query(INSERT_AUDIT)
             .bind(audit_json(std::slice::from_ref(audit)))
             .execute(&mut *transaction)
@@ -515,11 +462,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn use_refresh_token(
-        &self,
-        id: Uuid,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<RefreshUse> {
+    pub(super) async fn use_refresh_token(&self, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<RefreshUse> {
         let spent: Option<(i64, String)> = sqlx::query_as(SPEND_REFRESH_TOKEN)
             .bind(id.to_string())
             .bind(micros(now))
@@ -549,80 +492,48 @@ impl SqliteStore {
         })
     }
 
-    pub(super) async fn revoke_refresh_family(
-        &self,
-        family: Uuid,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<u64> {
-        let result = sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family = ?1 AND revoked_at IS NULL",
-        )
-        .bind(family.to_string())
-        .bind(micros(now))
-        .execute(&self.pool)
-        .await
-        .context("revoking a refresh token family")?;
+    pub(super) async fn revoke_refresh_family(&self, family: Uuid, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let result = sqlx::query("UPDATE refresh_tokens SET revoked_at = ?2 WHERE family = ?1 AND revoked_at IS NULL")
+            .bind(family.to_string())
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .context("revoking a refresh token family")?;
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn revoke_user_refresh_tokens(
-        &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<u64> {
-        let result = sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(micros(now))
-        .execute(&self.pool)
-        .await
-        .context("revoking a user's refresh tokens")?;
+    pub(super) async fn revoke_user_refresh_tokens(&self, user_id: i64, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let result = sqlx::query("UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await
+            .context("revoking a user's refresh tokens")?;
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn history(
-        &self,
-        statement: Statement,
-    ) -> anyhow::Result<Vec<(i64, RawTransaction)>> {
+    pub(super) async fn history(&self, statement: Statement) -> anyhow::Result<Vec<(i64, RawTransaction)>> {
         use sqlx::Row;
-        let rows = sqlx::query_with(
-            sqlx::AssertSqlSafe(statement.sql),
-            arguments(statement.params)?,
-        )
-        .fetch_all(&self.pool)
-        .await
-        .context("reading an account's history")?;
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), arguments(statement.params)?)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading an account's history")?;
         rows.iter()
             .map(|row| Ok((row.try_get("position")?, raw_transaction(row)?)))
             .collect()
     }
 
-    pub(super) async fn journal(
-        &self,
-        statement: Statement,
-    ) -> anyhow::Result<Vec<RawJournalEntry>> {
-        let rows: Vec<JournalRow> = sqlx::query_as_with(
-            sqlx::AssertSqlSafe(statement.sql),
-            arguments(statement.params)?,
-        )
-        .fetch_all(&self.pool)
-        .await
-        .context("reading an account's journal")?;
+    pub(super) async fn journal(&self, statement: Statement) -> anyhow::Result<Vec<RawJournalEntry>> {
+        let rows: Vec<JournalRow> =
+            sqlx::query_as_with(sqlx::AssertSqlSafe(statement.sql), arguments(statement.params)?)
+                .fetch_all(&self.pool)
+                .await
+                .context("reading an account's journal")?;
         rows.into_iter()
             .map(
-                |(
-                    transaction_id,
-                    kind,
-                    version,
-                    delta,
-                    balance_after,
-                    counterparty,
-                    created_at,
-                )| {
+                |(transaction_id, kind, version, delta, balance_after, counterparty, created_at)| {
                     Ok(RawJournalEntry {
-                        transaction_id: Uuid::parse_str(&transaction_id)
-                            .context("transaction id")?,
+                        transaction_id: Uuid::parse_str(&transaction_id).context("transaction id")?,
                         kind,
                         version,
                         delta,
@@ -666,12 +577,10 @@ fn raw_transaction(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawTransacti
 /// that reason (an index on plain columns is reported by its columns instead).
 fn violated_unique_index(error: &sqlx::Error) -> Option<&str> {
     match error {
-        sqlx::Error::Database(database) if database.kind() == ErrorKind::UniqueViolation => {
-            database
-                .message()
-                .strip_prefix("UNIQUE constraint failed: index '")?
-                .strip_suffix('\'')
-        }
+        sqlx::Error::Database(database) if database.kind() == ErrorKind::UniqueViolation => database
+            .message()
+            .strip_prefix("UNIQUE constraint failed: index '")?
+            .strip_suffix('\''),
         _ => None,
     }
 }
@@ -682,17 +591,7 @@ fn write_error(error: sqlx::Error, doing: &'static str) -> UserWriteError {
 }
 
 fn raw_user(row: UserRow) -> anyhow::Result<RawUser> {
-    let (
-        id,
-        username,
-        email,
-        password_hash,
-        role,
-        created_at,
-        updated_at,
-        deleted_at,
-        token_version,
-    ) = row;
+    let (id, username, email, password_hash, role, created_at, updated_at, deleted_at, token_version) = row;
     Ok(RawUser {
         id,
         username,

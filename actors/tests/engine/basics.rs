@@ -3,15 +3,12 @@
 use std::sync::Arc;
 
 use tally_actors::{
-    AccountId, Engine, EngineError, ManualClock, MoveRequest, Placement, Refusal, TransactionKind,
-    TransactionStatus,
+    AccountId, Engine, EngineError, ManualClock, MoveRequest, Placement, Refusal, TransactionKind, TransactionStatus,
 };
 use tokio::task::JoinSet;
 
 use crate::on_both_stores;
-use crate::support::{
-    Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts,
-};
+use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts};
 
 async fn a_transfer_moves_money_and_is_journaled_with_balances_after(backend: Backend) {
     let db = TestDb::create(backend).await;
@@ -28,25 +25,12 @@ async fn a_transfer_moves_money_and_is_journaled_with_balances_after(backend: Ba
     assert_eq!(record.to_balance_after(), Some(130_00));
     assert_eq!(engine.balance(account(1)).await.unwrap().balance, 70_00);
     assert_eq!(engine.balance(account(2)).await.unwrap().balance, 130_00);
-    assert_eq!(
-        engine.balance(AccountId::EXTERNAL).await.unwrap().balance,
-        -200_00
-    );
+    assert_eq!(engine.balance(AccountId::EXTERNAL).await.unwrap().balance, -200_00);
 
     // Strict durability: the record is in the store by the time the call returned.
-    let stored = engine
-        .store()
-        .transaction(record.id)
-        .await
-        .unwrap()
-        .expect("durable");
+    let stored = engine.store().transaction(record.id).await.unwrap().expect("durable");
     assert_eq!(stored, record);
-    let source = engine
-        .store()
-        .load_account(account(1))
-        .await
-        .unwrap()
-        .unwrap();
+    let source = engine.store().load_account(account(1)).await.unwrap().unwrap();
     assert_eq!((source.balance, source.version), (70_00, 2));
     assert_store_invariants(engine.store()).await;
     engine.shutdown().await;
@@ -63,15 +47,9 @@ async fn a_debit_beyond_the_balance_is_recorded_as_failed_and_moves_nothing(back
         .unwrap();
     assert_eq!(record.status, TransactionStatus::Failed);
     assert_eq!(record.failure_reason, Some(Refusal::InsufficientFunds));
-    assert_eq!(
-        (record.debit, record.credit, record.refund),
-        (None, None, None)
-    );
+    assert_eq!((record.debit, record.credit, record.refund), (None, None, None));
     assert_eq!(engine.balance(account(1)).await.unwrap().balance, 10_00);
-    assert_eq!(
-        engine.store().transaction(record.id).await.unwrap(),
-        Some(record)
-    );
+    assert_eq!(engine.store().transaction(record.id).await.unwrap(), Some(record));
     assert_store_invariants(engine.store()).await;
     engine.shutdown().await;
 }
@@ -165,15 +143,9 @@ async fn a_full_mailbox_answers_overloaded_instead_of_queueing(backend: Backend)
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert!(
-        overloaded > 0,
-        "some transfers must be refused as overloaded"
-    );
+    assert!(overloaded > 0, "some transfers must be refused as overloaded");
     assert_eq!(completed + overloaded, 32);
-    assert_eq!(
-        engine.balance(account(1)).await.unwrap().balance,
-        100_00 - completed
-    );
+    assert_eq!(engine.balance(account(1)).await.unwrap().balance, 100_00 - completed);
     assert_eq!(engine.metrics().actor_overloaded.get(), overloaded as u64);
     engine.shutdown().await;
     assert_store_invariants(&tally_actors::Store::connect(&db.url, 1).await.unwrap()).await;
@@ -186,3 +158,40 @@ on_both_stores!(
     concurrent_first_messages_to_one_account_activate_one_actor,
     a_full_mailbox_answers_overloaded_instead_of_queueing,
 );
+
+async fn the_durable_listener_hears_of_every_account_before_the_caller_does(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    let heard: Arc<std::sync::Mutex<Vec<AccountId>>> = Arc::default();
+    let sink = heard.clone();
+    engine
+        .set_durable_listener(Box::new(move |accounts| {
+            sink.lock().unwrap().extend_from_slice(accounts)
+        }))
+        .unwrap();
+    assert!(
+        engine.set_durable_listener(Box::new(|_| {})).is_err(),
+        "only one listener"
+    );
+    open_accounts(&engine, 2, 10_00).await;
+    heard.lock().unwrap().clear();
+    engine
+        .execute(MoveRequest::transfer(account(1), account(2), amount(1_00)))
+        .await
+        .unwrap();
+    let accounts = heard.lock().unwrap().clone();
+    assert!(
+        accounts.contains(&account(1)) && accounts.contains(&account(2)),
+        "{accounts:?}"
+    );
+    // A refused debit changes its source's history too.
+    heard.lock().unwrap().clear();
+    engine
+        .execute(MoveRequest::debit(account(2), amount(99_00)))
+        .await
+        .unwrap();
+    assert!(heard.lock().unwrap().contains(&account(2)));
+    engine.shutdown().await;
+}
+
+on_both_stores!(the_durable_listener_hears_of_every_account_before_the_caller_does);

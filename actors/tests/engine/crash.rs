@@ -7,9 +7,7 @@ use tally_actors::{Engine, EngineError, MoveRequest, TransactionStatus};
 use tokio::task::JoinSet;
 
 use crate::on_both_stores;
-use crate::support::{
-    Backend, TestDb, account, amount, assert_store_invariants, config, eventually, open_accounts,
-};
+use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, eventually, open_accounts};
 
 async fn a_crash_keeps_every_acknowledged_write_and_no_unacknowledged_one(backend: Backend) {
     let db = TestDb::create(backend).await;
@@ -43,11 +41,7 @@ async fn a_crash_keeps_every_acknowledged_write_and_no_unacknowledged_one(backen
         let engine = engine.clone();
         unacknowledged.spawn(async move {
             engine
-                .execute(MoveRequest::transfer(
-                    account(3),
-                    account(1 + round % 2),
-                    amount(5_00),
-                ))
+                .execute(MoveRequest::transfer(account(3), account(1 + round % 2), amount(5_00)))
                 .await
         });
     }
@@ -81,10 +75,7 @@ async fn a_crash_keeps_every_acknowledged_write_and_no_unacknowledged_one(backen
         "funding + acknowledged, nothing else"
     );
     for record in &acknowledged {
-        assert_eq!(
-            store.transaction(record.id).await.unwrap().as_ref(),
-            Some(record)
-        );
+        assert_eq!(store.transaction(record.id).await.unwrap().as_ref(), Some(record));
     }
     for (id, balance) in [(1, 90_00), (2, 90_00), (3, 110_00), (4, 110_00)] {
         assert_eq!(

@@ -6,16 +6,11 @@ use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tally_actors::{
-    AccountId, AccountStatus, AuditContext, Engine, MoveRequest, TransactionRecord,
-    TransactionStatus,
-};
+use tally_actors::{AccountId, AccountStatus, AuditContext, Engine, MoveRequest, TransactionRecord, TransactionStatus};
 use tokio::task::JoinSet;
 
 use crate::on_both_stores;
-use crate::support::{
-    Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts,
-};
+use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts};
 
 const TASKS: u64 = 64;
 const OPERATIONS_PER_TASK: usize = 1_000;
@@ -49,11 +44,7 @@ async fn random_movements_from_many_tasks_keep_every_invariant(backend: Backend)
     let engine = Engine::open(config(&db.url)).await.unwrap();
     open_accounts(&engine, ACCOUNTS, FUNDING).await;
     engine
-        .set_status(
-            account(FROZEN),
-            AccountStatus::Frozen,
-            AuditContext::default(),
-        )
+        .set_status(account(FROZEN), AccountStatus::Frozen, AuditContext::default())
         .await
         .unwrap();
 
@@ -94,10 +85,7 @@ async fn random_movements_from_many_tasks_keep_every_invariant(backend: Backend)
     let mut in_memory = HashMap::new();
     for id in 0..=ACCOUNTS {
         let balance = engine.balance(AccountId::new(id).unwrap()).await.unwrap();
-        assert!(
-            id == 0 || balance.balance >= 0,
-            "account {id} went negative in memory"
-        );
+        assert!(id == 0 || balance.balance >= 0, "account {id} went negative in memory");
         in_memory.insert(id, balance.balance);
     }
     assert_eq!(in_memory.values().sum::<i64>(), 0, "conservation in memory");
@@ -108,15 +96,8 @@ async fn random_movements_from_many_tasks_keep_every_invariant(backend: Backend)
     let store = engine.store();
     assert_store_invariants(store).await;
     for (id, balance) in &in_memory {
-        let stored = store
-            .load_account(AccountId::new(*id).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            stored.balance, *balance,
-            "account {id}: store and memory agree"
-        );
+        let stored = store.load_account(AccountId::new(*id).unwrap()).await.unwrap().unwrap();
+        assert_eq!(stored.balance, *balance, "account {id}: store and memory agree");
     }
     // Every acknowledged movement is stored exactly once, as acknowledged (plus the
     // funding credits).
@@ -126,10 +107,7 @@ async fn random_movements_from_many_tasks_keep_every_invariant(backend: Backend)
         "no movement lost or duplicated"
     );
     for record in acknowledged.iter().step_by(7) {
-        assert_eq!(
-            store.transaction(record.id).await.unwrap().as_ref(),
-            Some(record)
-        );
+        assert_eq!(store.transaction(record.id).await.unwrap().as_ref(), Some(record));
     }
     engine.shutdown().await;
 }

@@ -4,9 +4,7 @@ use tally_actors::{Engine, EngineError, MoveRequest, TransactionStatus};
 use tokio::task::JoinSet;
 
 use crate::on_both_stores;
-use crate::support::{
-    Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts,
-};
+use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts};
 
 fn keyed_transfer(value: i64, key: &str) -> MoveRequest {
     MoveRequest::transfer(account(1), account(2), amount(value))
@@ -19,29 +17,16 @@ async fn a_retry_with_the_same_key_applies_once_even_across_a_restart(backend: B
     let engine = Engine::open(config(&db.url)).await.unwrap();
     open_accounts(&engine, 2, 100_00).await;
 
-    let first = engine
-        .execute(keyed_transfer(10_00, "pay-1"))
-        .await
-        .unwrap();
+    let first = engine.execute(keyed_transfer(10_00, "pay-1")).await.unwrap();
     assert_eq!(first.status, TransactionStatus::Completed);
-    let again = engine
-        .execute(keyed_transfer(10_00, "pay-1"))
-        .await
-        .unwrap();
+    let again = engine.execute(keyed_transfer(10_00, "pay-1")).await.unwrap();
     assert_eq!(again, first, "a retry returns the first outcome");
     engine.shutdown().await;
 
     let engine = Engine::open(config(&db.url)).await.unwrap();
-    let after_restart = engine
-        .execute(keyed_transfer(10_00, "pay-1"))
-        .await
-        .unwrap();
+    let after_restart = engine.execute(keyed_transfer(10_00, "pay-1")).await.unwrap();
     assert_eq!(after_restart, first);
-    assert_eq!(
-        engine.balance(account(1)).await.unwrap().balance,
-        90_00,
-        "applied once"
-    );
+    assert_eq!(engine.balance(account(1)).await.unwrap().balance, 90_00, "applied once");
 
     let conflict = engine.execute(keyed_transfer(11_00, "pay-1")).await;
     assert!(
@@ -59,16 +44,10 @@ async fn a_retry_with_the_same_key_applies_once_even_across_a_restart(backend: B
         .unwrap();
     assert_eq!(other_user.status, TransactionStatus::Completed);
     // A refused movement is an outcome too, and replays as such.
-    let refused = engine
-        .execute(keyed_transfer(1_000_00, "pay-2"))
-        .await
-        .unwrap();
+    let refused = engine.execute(keyed_transfer(1_000_00, "pay-2")).await.unwrap();
     assert_eq!(refused.status, TransactionStatus::Failed);
     assert_eq!(
-        engine
-            .execute(keyed_transfer(1_000_00, "pay-2"))
-            .await
-            .unwrap(),
+        engine.execute(keyed_transfer(1_000_00, "pay-2")).await.unwrap(),
         refused
     );
     assert_store_invariants(engine.store()).await;

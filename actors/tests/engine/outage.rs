@@ -4,15 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_actors::{
-    Engine, EngineConfig, EngineError, MoveRequest, Store, SystemClock, TransactionStatus,
-};
+use tally_actors::{Engine, EngineConfig, EngineError, MoveRequest, Store, SystemClock, TransactionStatus};
 use tokio::task::JoinSet;
 
 use crate::on_both_stores;
 use crate::support::{
-    Backend, Proxy, TestDb, account, amount, assert_store_invariants, config, eventually,
-    open_accounts,
+    Backend, Proxy, TestDb, account, amount, assert_store_invariants, config, eventually, open_accounts,
 };
 
 fn outage_config(url: &str) -> EngineConfig {
@@ -47,26 +44,18 @@ async fn survive_an_outage(engine: &Engine, down: impl Fn(), up: impl Fn()) {
     }
     while let Some(outcome) = under_way.join_next().await {
         let outcome = outcome.unwrap();
-        assert!(
-            matches!(outcome, Err(EngineError::Unavailable(_))),
-            "{outcome:?}"
-        );
+        assert!(matches!(outcome, Err(EngineError::Unavailable(_))), "{outcome:?}");
     }
     assert!(!engine.is_ready());
     assert_eq!(engine.persister_status().queue_depth, 8);
     // Once the outage has lasted, new writes are refused at once, and nothing moves.
-    eventually(
-        Duration::from_secs(10),
-        "new writes to be refused fast",
-        || engine.persister_status().failing_for_ms.unwrap_or(0) >= 300,
-    )
+    eventually(Duration::from_secs(10), "new writes to be refused fast", || {
+        engine.persister_status().failing_for_ms.unwrap_or(0) >= 300
+    })
     .await;
     let started = Instant::now();
     let refused = engine.execute(transfer(1)).await;
-    assert!(
-        matches!(refused, Err(EngineError::Unavailable(_))),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(EngineError::Unavailable(_))), "{refused:?}");
     assert!(
         started.elapsed() < Duration::from_millis(250),
         "refused without waiting"
@@ -75,14 +64,10 @@ async fn survive_an_outage(engine: &Engine, down: impl Fn(), up: impl Fn()) {
     assert_eq!(engine.balance(account(3)).await.unwrap().balance, 109_00);
 
     up();
-    eventually(
-        Duration::from_secs(20),
-        "the queue to drain after the outage",
-        || {
-            let status = engine.persister_status();
-            status.healthy && status.queue_depth == 0
-        },
-    )
+    eventually(Duration::from_secs(20), "the queue to drain after the outage", || {
+        let status = engine.persister_status();
+        status.healthy && status.queue_depth == 0
+    })
     .await;
     assert!(engine.is_ready());
     // Everything accepted during the outage was written, in order, and the engine
@@ -91,15 +76,7 @@ async fn survive_an_outage(engine: &Engine, down: impl Fn(), up: impl Fn()) {
     assert_eq!(after.to_balance_after(), Some(110_00));
     let store = engine.store();
     assert_eq!(store.transaction_count().await.unwrap(), 3 + 1 + 8 + 1);
-    assert_eq!(
-        store
-            .load_account(account(3))
-            .await
-            .unwrap()
-            .unwrap()
-            .balance,
-        110_00
-    );
+    assert_eq!(store.load_account(account(3)).await.unwrap().unwrap().balance, 110_00);
     assert!(store.transaction(before.id).await.unwrap().is_some());
     assert_store_invariants(store).await;
     assert!(engine.metrics().persister_retries.get() > 0);

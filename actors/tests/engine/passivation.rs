@@ -7,9 +7,7 @@ use std::time::Duration;
 use tally_actors::{AccountId, Engine, ManualClock, MoveRequest, Placement};
 
 use crate::on_both_stores;
-use crate::support::{
-    Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts,
-};
+use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts};
 
 async fn idle_actors_passivate_and_come_back_with_exact_balances(backend: Backend) {
     let db = TestDb::create(backend).await;
@@ -18,19 +16,13 @@ async fn idle_actors_passivate_and_come_back_with_exact_balances(backend: Backen
     config.placement = Placement::Current;
     config.passivation_idle = Duration::from_secs(60);
     config.passivation_check_interval = Duration::from_secs(3_600);
-    let engine = Engine::open_with_clock(config, clock.clone())
-        .await
-        .unwrap();
+    let engine = Engine::open_with_clock(config, clock.clone()).await.unwrap();
     open_accounts(&engine, 3, 10_00).await;
     engine
         .execute(MoveRequest::transfer(account(1), account(2), amount(2_50)))
         .await
         .unwrap();
-    assert_eq!(
-        engine.actor_stats(0).active,
-        4,
-        "three accounts and external"
-    );
+    assert_eq!(engine.actor_stats(0).active, 4, "three accounts and external");
 
     // Not idle long enough: nothing passivates.
     clock.advance(Duration::from_secs(59));
@@ -46,21 +38,14 @@ async fn idle_actors_passivate_and_come_back_with_exact_balances(backend: Backen
     // Reactivation loads exactly the durable state and carries on.
     assert_eq!(engine.balance(account(1)).await.unwrap().balance, 7_50);
     assert_eq!(engine.balance(account(2)).await.unwrap().balance, 12_50);
-    assert_eq!(
-        engine.balance(AccountId::EXTERNAL).await.unwrap().balance,
-        -30_00
-    );
+    assert_eq!(engine.balance(AccountId::EXTERNAL).await.unwrap().balance, -30_00);
     let record = engine
         .execute(MoveRequest::transfer(account(2), account(1), amount(12_50)))
         .await
         .unwrap();
     assert_eq!(record.from_balance_after(), Some(0));
     assert_eq!(record.to_balance_after(), Some(20_00));
-    assert_eq!(
-        record.debit.unwrap().version,
-        3,
-        "versions continue where they stopped"
-    );
+    assert_eq!(record.debit.unwrap().version, 3, "versions continue where they stopped");
     assert_eq!(engine.metrics().actor_activations.get(), 4 + 3);
     engine.shutdown().await;
     assert_store_invariants(&tally_actors::Store::connect(&db.url, 1).await.unwrap()).await;

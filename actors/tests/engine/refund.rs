@@ -1,14 +1,9 @@
 //! The refund path: a refused credit gives the debit back and records `rolled_back`.
 
-use tally_actors::{
-    AccountStatus, AuditContext, Engine, MoveRequest, Refusal, StatusChangeRefusal,
-    TransactionStatus,
-};
+use tally_actors::{AccountStatus, AuditContext, Engine, MoveRequest, Refusal, StatusChangeRefusal, TransactionStatus};
 
 use crate::on_both_stores;
-use crate::support::{
-    Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts,
-};
+use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts};
 
 async fn a_credit_refused_by_a_frozen_or_closed_target_refunds_the_source(backend: Backend) {
     let db = TestDb::create(backend).await;
@@ -30,55 +25,33 @@ async fn a_credit_refused_by_a_frozen_or_closed_target_refunds_the_source(backen
 
     for (target, reason) in [(2, Refusal::AccountFrozen), (3, Refusal::AccountClosed)] {
         let record = engine
-            .execute(MoveRequest::transfer(
-                account(1),
-                account(target),
-                amount(20_00),
-            ))
+            .execute(MoveRequest::transfer(account(1), account(target), amount(20_00)))
             .await
             .unwrap();
         assert_eq!(record.status, TransactionStatus::RolledBack);
         assert_eq!(record.failure_reason, Some(reason));
-        assert_eq!(
-            record.debit.unwrap().balance_after,
-            30_00,
-            "the debit happened"
-        );
+        assert_eq!(record.debit.unwrap().balance_after, 30_00, "the debit happened");
         assert_eq!(record.credit, None);
         let refund = record.refund.expect("the refund is journaled");
         assert_eq!(refund.balance_after, 50_00);
         assert_eq!(refund.version, record.debit.unwrap().version + 1);
-        assert_eq!(
-            engine.store().transaction(record.id).await.unwrap(),
-            Some(record)
-        );
+        assert_eq!(engine.store().transaction(record.id).await.unwrap(), Some(record));
     }
     assert_eq!(engine.balance(account(1)).await.unwrap().balance, 50_00);
     assert_eq!(engine.balance(account(2)).await.unwrap().balance, 50_00);
     assert_eq!(
-        engine
-            .metrics()
-            .rollbacks
-            .with_label_values(&["account_frozen"])
-            .get(),
+        engine.metrics().rollbacks.with_label_values(&["account_frozen"]).get(),
         1
     );
 
     // A transfer to an account that does not exist is refunded the same way.
     let record = engine
-        .execute(MoveRequest::transfer(
-            account(1),
-            account(404),
-            amount(1_00),
-        ))
+        .execute(MoveRequest::transfer(account(1), account(404), amount(1_00)))
         .await
         .unwrap();
     assert_eq!(
         (record.status, record.failure_reason),
-        (
-            TransactionStatus::RolledBack,
-            Some(Refusal::AccountNotFound)
-        )
+        (TransactionStatus::RolledBack, Some(Refusal::AccountNotFound))
     );
 
     // Journal and audit agree with what happened.

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use tally_actors::{
-    AccountId, AccountStatus, AuditContext, Engine, HistoryCursor, HistoryItem, HistoryQuery,
-    JournalEntry, ManualClock, MoveRequest, Store, TransactionKind, TransactionRecord,
-    TransactionStatus,
+    AccountId, AccountStatus, AuditContext, Engine, HistoryCursor, HistoryItem, HistoryQuery, JournalEntry,
+    ManualClock, MoveRequest, Store, TransactionKind, TransactionRecord, TransactionStatus,
 };
 use uuid::Uuid;
 
@@ -39,10 +38,7 @@ impl Script {
 
     /// The ids of steps `numbers`, in the order given.
     fn ids(&self, numbers: &[usize]) -> Vec<Uuid> {
-        numbers
-            .iter()
-            .map(|number| self.records[number - 1].id)
-            .collect()
+        numbers.iter().map(|number| self.records[number - 1].id).collect()
     }
 }
 
@@ -61,9 +57,7 @@ impl Script {
 async fn run_script(db: &TestDb) -> Script {
     let start = Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap();
     let clock = Arc::new(ManualClock::new(start));
-    let engine = Engine::open_with_clock(config(&db.url), clock.clone())
-        .await
-        .unwrap();
+    let engine = Engine::open_with_clock(config(&db.url), clock.clone()).await.unwrap();
     open_accounts(&engine, 3, 0).await;
     engine
         .set_status(account(3), AccountStatus::Frozen, AuditContext::default())
@@ -94,11 +88,7 @@ async fn run_script(db: &TestDb) -> Script {
         ]
     );
     assert_eq!(engine.balance(account(1)).await.unwrap().balance, 65_00);
-    Script {
-        engine,
-        start,
-        records,
-    }
+    Script { engine, start, records }
 }
 
 fn ids(items: &[HistoryItem]) -> Vec<Uuid> {
@@ -128,10 +118,7 @@ async fn an_accounts_history_lists_each_of_its_transactions_once_newest_first(ba
     let script = run_script(&db).await;
     let store = script.store();
 
-    let history = store
-        .history(&HistoryQuery::new(account(1), 100))
-        .await
-        .unwrap();
+    let history = store.history(&HistoryQuery::new(account(1), 100)).await.unwrap();
     assert_eq!(
         ids(&history),
         script.ids(&[8, 7, 6, 5, 4, 3, 2, 1]),
@@ -145,15 +132,9 @@ async fn an_accounts_history_lists_each_of_its_transactions_once_newest_first(ba
     }
 
     // Account 2 was the target of step 2 and the source of step 4.
-    let history = store
-        .history(&HistoryQuery::new(account(2), 100))
-        .await
-        .unwrap();
+    let history = store.history(&HistoryQuery::new(account(2), 100)).await.unwrap();
     assert_eq!(ids(&history), script.ids(&[4, 2]));
-    assert_eq!(
-        history.iter().map(|item| item.position).collect::<Vec<_>>(),
-        [2, 1]
-    );
+    assert_eq!(history.iter().map(|item| item.position).collect::<Vec<_>>(), [2, 1]);
 
     // The rolled-back transfer moved nothing into account 3: it is in the source's
     // history once (checked above) and not in the target's.
@@ -174,10 +155,7 @@ async fn an_accounts_history_lists_each_of_its_transactions_once_newest_first(ba
     assert_eq!(ids(&history), script.ids(&[8, 6, 1]));
 
     // A limit caps the page; an oversized one is clamped, a zero one is empty.
-    let page = store
-        .history(&HistoryQuery::new(account(1), 3))
-        .await
-        .unwrap();
+    let page = store.history(&HistoryQuery::new(account(1), 3)).await.unwrap();
     assert_eq!(ids(&page), script.ids(&[8, 7, 6]));
     assert_eq!(
         store
@@ -373,18 +351,12 @@ async fn history_pages_follow_the_cursor_without_gaps_or_duplicates(backend: Bac
 
     // A cursor in the middle of a tie (two rows at position 6) continues with the
     // other row of the tie.
-    let full = store
-        .history(&HistoryQuery::new(account(1), 100))
-        .await
-        .unwrap();
+    let full = store.history(&HistoryQuery::new(account(1), 100)).await.unwrap();
     let after_step_7 = HistoryQuery {
         before: Some(full[1].cursor()),
         ..HistoryQuery::new(account(1), 2)
     };
-    assert_eq!(
-        ids(&store.history(&after_step_7).await.unwrap()),
-        script.ids(&[6, 5])
-    );
+    assert_eq!(ids(&store.history(&after_step_7).await.unwrap()), script.ids(&[6, 5]));
     script.engine.shutdown().await;
 }
 
@@ -405,9 +377,7 @@ fn entry(record: &TransactionRecord, version: u64, delta: i64, balance_after: i6
     }
 }
 
-async fn the_journal_lists_balance_changes_with_a_debit_and_a_refund_for_a_rollback(
-    backend: Backend,
-) {
+async fn the_journal_lists_balance_changes_with_a_debit_and_a_refund_for_a_rollback(backend: Backend) {
     let db = TestDb::create(backend).await;
     let script = run_script(&db).await;
     let store = script.store();
@@ -432,10 +402,7 @@ async fn the_journal_lists_balance_changes_with_a_debit_and_a_refund_for_a_rollb
         );
     }
     let sum: i64 = journal.iter().map(|entry| entry.delta).sum();
-    assert_eq!(
-        sum,
-        script.engine.balance(account(1)).await.unwrap().balance
-    );
+    assert_eq!(sum, script.engine.balance(account(1)).await.unwrap().balance);
 
     for page_size in 1..=3 {
         let mut paged = Vec::new();
@@ -448,17 +415,8 @@ async fn the_journal_lists_balance_changes_with_a_debit_and_a_refund_for_a_rollb
         }
         assert_eq!(paged, expected, "in pages of {page_size}");
     }
-    assert_eq!(
-        store.journal(account(1), Some(4), 2).await.unwrap(),
-        expected[4..6]
-    );
-    assert!(
-        store
-            .journal(account(1), Some(1), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(store.journal(account(1), Some(4), 2).await.unwrap(), expected[4..6]);
+    assert!(store.journal(account(1), Some(1), 10).await.unwrap().is_empty());
     assert!(store.journal(account(1), None, 0).await.unwrap().is_empty());
 
     // Account 2: credited by step 2, debited by step 4.
@@ -466,26 +424,12 @@ async fn the_journal_lists_balance_changes_with_a_debit_and_a_refund_for_a_rollb
     assert_eq!(
         journal
             .iter()
-            .map(|entry| (
-                entry.version,
-                entry.delta,
-                entry.balance_after,
-                entry.counterparty
-            ))
+            .map(|entry| (entry.version, entry.delta, entry.balance_after, entry.counterparty))
             .collect::<Vec<_>>(),
-        [
-            (2, -10_00, 20_00, account(1)),
-            (1, 30_00, 30_00, account(1))
-        ]
+        [(2, -10_00, 20_00, account(1)), (1, 30_00, 30_00, account(1))]
     );
     // Account 3 was only ever refused money.
-    assert!(
-        store
-            .journal(account(3), None, 100)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.journal(account(3), None, 100).await.unwrap().is_empty());
     script.engine.shutdown().await;
 }
 
@@ -502,38 +446,22 @@ async fn the_balance_at_a_time_is_the_latest_journal_entry_created_by_then(backe
             .map(|entry| (entry.version, entry.balance_after))
     };
 
-    assert_eq!(
-        balance_at(script.start).await,
-        None,
-        "before the first movement"
-    );
-    assert_eq!(
-        balance_at(script.time_of(1) - TimeDelta::microseconds(1)).await,
-        None
-    );
+    assert_eq!(balance_at(script.start).await, None, "before the first movement");
+    assert_eq!(balance_at(script.time_of(1) - TimeDelta::microseconds(1)).await, None);
     assert_eq!(balance_at(script.time_of(1)).await, Some((1, 100_00)));
-    assert_eq!(
-        balance_at(script.time_of(2) + half_step).await,
-        Some((2, 70_00))
-    );
+    assert_eq!(balance_at(script.time_of(2) + half_step).await, Some((2, 70_00)));
     assert_eq!(
         balance_at(script.time_of(3) + half_step).await,
         Some((2, 70_00)),
         "a failed debit changes no balance"
     );
-    assert_eq!(
-        balance_at(script.time_of(4) + half_step).await,
-        Some((3, 80_00))
-    );
+    assert_eq!(balance_at(script.time_of(4) + half_step).await, Some((3, 80_00)));
     assert_eq!(
         balance_at(script.time_of(5)).await,
         Some((5, 80_00)),
         "a rolled-back transfer is seen with its refund, never half done"
     );
-    assert_eq!(
-        balance_at(script.time_of(7) + half_step).await,
-        Some((6, 60_00))
-    );
+    assert_eq!(balance_at(script.time_of(7) + half_step).await, Some((6, 60_00)));
     let last = store
         .balance_at(account(1), script.time_of(8) + TimeDelta::days(1))
         .await

@@ -5,8 +5,7 @@
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use serde_json::json;
 use tally_actors::{
-    AccountStatus, AuditEntry, NewUser, RefreshToken, RefreshUse, Role, Store, UserChanges,
-    UserRecord, UserWriteError,
+    AccountStatus, AuditEntry, NewUser, RefreshToken, RefreshUse, Role, Store, UserChanges, UserRecord, UserWriteError,
 };
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -67,9 +66,7 @@ async fn user_audit_actions(store: &Store, id: i64) -> Vec<String> {
         .collect()
 }
 
-async fn a_created_user_has_an_empty_account_and_is_found_by_username_in_any_case(
-    backend: Backend,
-) {
+async fn a_created_user_has_an_empty_account_and_is_found_by_username_in_any_case(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = connect(&db).await;
 
@@ -83,10 +80,7 @@ async fn a_created_user_has_an_empty_account_and_is_found_by_username_in_any_cas
         )
         .await
         .unwrap();
-    assert_eq!(
-        alice.id, 1,
-        "user ids start at 1: 0 is the external account"
-    );
+    assert_eq!(alice.id, 1, "user ids start at 1: 0 is the external account");
     assert_eq!(
         (
             alice.username.as_str(),
@@ -105,12 +99,7 @@ async fn a_created_user_has_an_empty_account_and_is_found_by_username_in_any_cas
         .unwrap()
         .expect("the user's account was created with it");
     assert_eq!(
-        (
-            account.balance,
-            account.held,
-            account.status,
-            account.version
-        ),
+        (account.balance, account.held, account.status, account.version),
         (0, 0, AccountStatus::Active, 0)
     );
 
@@ -125,20 +114,11 @@ async fn a_created_user_has_an_empty_account_and_is_found_by_username_in_any_cas
     assert_eq!(store.user(alice.id).await.unwrap(), Some(alice.clone()));
     assert_eq!(store.user(99).await.unwrap(), None);
 
-    let audit = store
-        .audit_entries("user", &alice.id.to_string())
-        .await
-        .unwrap();
+    let audit = store.audit_entries("user", &alice.id.to_string()).await.unwrap();
     assert_eq!(audit.len(), 1, "the audit row names the new user's id");
     assert_eq!(audit[0].action, "created");
     assert_eq!(audit[0].request_id.as_deref(), Some("req-created"));
-    assert!(
-        store
-            .audit_entries("user", "pending")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.audit_entries("user", "pending").await.unwrap().is_empty());
 
     let bob = create(&store, "bob").await;
     assert_eq!((bob.id, bob.role), (2, Role::User));
@@ -146,9 +126,7 @@ async fn a_created_user_has_an_empty_account_and_is_found_by_username_in_any_cas
     assert_store_invariants(&store).await;
 }
 
-async fn a_taken_username_or_email_is_refused_with_a_typed_error_and_writes_nothing(
-    backend: Backend,
-) {
+async fn a_taken_username_or_email_is_refused_with_a_typed_error_and_writes_nothing(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = connect(&db).await;
     let alice = create(&store, "alice").await;
@@ -181,13 +159,7 @@ async fn a_taken_username_or_email_is_refused_with_a_typed_error_and_writes_noth
         accounts_before,
         "no account was created for a refused user"
     );
-    assert!(
-        store
-            .audit_entries("user", "pending")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.audit_entries("user", "pending").await.unwrap().is_empty());
     // The id a refused insert may have consumed is never a user; the next one works.
     let carol = create(&store, "carol").await;
     assert!(carol.id > bob.id);
@@ -202,10 +174,7 @@ async fn a_taken_username_or_email_is_refused_with_a_typed_error_and_writes_noth
             &[audit("username_changed", &bob.id.to_string())],
         )
         .await;
-    assert!(
-        matches!(renamed, Err(UserWriteError::UsernameTaken)),
-        "{renamed:?}"
-    );
+    assert!(matches!(renamed, Err(UserWriteError::UsernameTaken)), "{renamed:?}");
     let readdressed = store
         .update_user(
             bob.id,
@@ -268,10 +237,7 @@ async fn updating_a_user_changes_only_the_given_fields_and_writes_its_audit_rows
         ),
     ];
     for (action, changes) in &steps {
-        let updated = store
-            .update_user(id, changes, &[audit(action, &entity)])
-            .await
-            .unwrap();
+        let updated = store.update_user(id, changes, &[audit(action, &entity)]).await.unwrap();
         if let Some(username) = &changes.username {
             expected.username = username.clone();
         }
@@ -293,10 +259,7 @@ async fn updating_a_user_changes_only_the_given_fields_and_writes_its_audit_rows
         assert_eq!(store.user(id).await.unwrap(), Some(expected.clone()));
     }
     assert_eq!(expected.created_at, original.created_at);
-    assert_eq!(
-        store.user_by_username("DAVID").await.unwrap(),
-        Some(expected.clone())
-    );
+    assert_eq!(store.user_by_username("DAVID").await.unwrap(), Some(expected.clone()));
     assert_eq!(store.user_by_username("dave").await.unwrap(), None);
 
     // Several fields and several audit rows in one change.
@@ -308,10 +271,7 @@ async fn updating_a_user_changes_only_the_given_fields_and_writes_its_audit_rows
                 role: Some(Role::User),
                 ..UserChanges::default()
             },
-            &[
-                audit("username_changed", &entity),
-                audit("role_changed", &entity),
-            ],
+            &[audit("username_changed", &entity), audit("role_changed", &entity)],
         )
         .await
         .unwrap();
@@ -343,15 +303,9 @@ async fn updating_a_user_changes_only_the_given_fields_and_writes_its_audit_rows
             &[audit("role_changed", "404")],
         )
         .await;
-    assert!(
-        matches!(missing, Err(UserWriteError::NotFound)),
-        "{missing:?}"
-    );
+    assert!(matches!(missing, Err(UserWriteError::NotFound)), "{missing:?}");
     assert!(store.audit_entries("user", "404").await.unwrap().is_empty());
-    store
-        .delete_user(id, &audit("deleted", &entity))
-        .await
-        .unwrap();
+    store.delete_user(id, &audit("deleted", &entity)).await.unwrap();
     let deleted = store
         .update_user(
             id,
@@ -362,16 +316,11 @@ async fn updating_a_user_changes_only_the_given_fields_and_writes_its_audit_rows
             &[audit("role_changed", &entity)],
         )
         .await;
-    assert!(
-        matches!(deleted, Err(UserWriteError::NotFound)),
-        "{deleted:?}"
-    );
+    assert!(matches!(deleted, Err(UserWriteError::NotFound)), "{deleted:?}");
     assert_eq!(user_audit_actions(&store, id).await.len(), 8);
 }
 
-async fn a_deleted_user_is_kept_by_id_hidden_by_name_and_loses_its_refresh_tokens(
-    backend: Backend,
-) {
+async fn a_deleted_user_is_kept_by_id_hidden_by_name_and_loses_its_refresh_tokens(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = connect(&db).await;
     let erin = create(&store, "erin").await;
@@ -423,10 +372,7 @@ async fn a_deleted_user_is_kept_by_id_hidden_by_name_and_loses_its_refresh_token
         .map(|user| user.id)
         .collect();
     assert_eq!(listed, [frank.id]);
-    assert_eq!(
-        user_audit_actions(&store, erin.id).await,
-        ["created", "deleted"]
-    );
+    assert_eq!(user_audit_actions(&store, erin.id).await, ["created", "deleted"]);
 
     for id in erin_tokens {
         assert!(
@@ -448,23 +394,14 @@ async fn a_deleted_user_is_kept_by_id_hidden_by_name_and_loses_its_refresh_token
     assert!(matches!(again, Err(UserWriteError::NotFound)), "{again:?}");
     assert_eq!(user_audit_actions(&store, erin.id).await.len(), 2);
     let reused_name = store
-        .create_user(
-            &new_user("Erin", "erin2@example.com"),
-            &audit("created", "pending"),
-        )
+        .create_user(&new_user("Erin", "erin2@example.com"), &audit("created", "pending"))
         .await;
     assert!(
         matches!(reused_name, Err(UserWriteError::UsernameTaken)),
         "a deleted user's name stays taken: {reused_name:?}"
     );
     // The account outlives the user: its balance and journal belong to the ledger.
-    assert!(
-        store
-            .load_account(account(erin.id))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.load_account(account(erin.id)).await.unwrap().is_some());
 }
 
 async fn users_are_listed_by_ascending_id_in_pages_without_the_deleted(backend: Backend) {
@@ -507,9 +444,7 @@ fn token(id: Uuid, user_id: i64, family: Uuid, issued: DateTime<Utc>) -> Refresh
     }
 }
 
-async fn a_refresh_token_is_fresh_once_then_reused_and_unknown_when_missing_or_expired(
-    backend: Backend,
-) {
+async fn a_refresh_token_is_fresh_once_then_reused_and_unknown_when_missing_or_expired(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = connect(&db).await;
     let grace = create(&store, "grace").await;
@@ -537,10 +472,7 @@ async fn a_refresh_token_is_fresh_once_then_reused_and_unknown_when_missing_or_e
         "a spent token presented again is a reuse"
     );
     assert_eq!(
-        store
-            .use_refresh_token(Uuid::now_v7(), issued)
-            .await
-            .unwrap(),
+        store.use_refresh_token(Uuid::now_v7(), issued).await.unwrap(),
         RefreshUse::Unknown
     );
 
@@ -552,10 +484,7 @@ async fn a_refresh_token_is_fresh_once_then_reused_and_unknown_when_missing_or_e
         .unwrap();
     let after_expiry = issued + TimeDelta::days(30);
     assert_eq!(
-        store
-            .use_refresh_token(expired, after_expiry)
-            .await
-            .unwrap(),
+        store.use_refresh_token(expired, after_expiry).await.unwrap(),
         RefreshUse::Unknown,
         "a token is expired from its expiry time on"
     );
@@ -571,10 +500,7 @@ async fn a_refresh_token_is_fresh_once_then_reused_and_unknown_when_missing_or_e
         "an expired use spent nothing"
     );
     assert_eq!(
-        store
-            .use_refresh_token(expired, after_expiry)
-            .await
-            .unwrap(),
+        store.use_refresh_token(expired, after_expiry).await.unwrap(),
         RefreshUse::Reused {
             user_id: grace.id,
             family: expired_family
@@ -609,10 +535,7 @@ async fn a_refresh_token_is_fresh_once_then_reused_and_unknown_when_missing_or_e
         );
     }
     assert_eq!(
-        store
-            .revoke_user_refresh_tokens(grace.id, now())
-            .await
-            .unwrap(),
+        store.revoke_user_refresh_tokens(grace.id, now()).await.unwrap(),
         2,
         "the tokens not revoked yet: the other family's and the spent one of the expiry check"
     );
@@ -665,19 +588,14 @@ async fn an_injected_store_failure_is_a_store_error_that_names_no_sql(backend: B
 
     store.faults().fail_writes(true);
     let created = store
-        .create_user(
-            &new_user("judy", "judy@example.com"),
-            &audit("created", "pending"),
-        )
+        .create_user(&new_user("judy", "judy@example.com"), &audit("created", "pending"))
         .await;
     let Err(error @ UserWriteError::Store(_)) = created else {
         panic!("expected a store error, got {created:?}");
     };
     assert_eq!(error.to_string(), "store error");
     assert!(matches!(
-        store
-            .update_user(ivan.id, &UserChanges::default(), &[])
-            .await,
+        store.update_user(ivan.id, &UserChanges::default(), &[]).await,
         Err(UserWriteError::Store(_))
     ));
     assert!(
@@ -699,23 +617,14 @@ async fn an_injected_store_failure_is_a_store_error_that_names_no_sql(backend: B
     // takes over an existing account.
     store.create_account(account(ivan.id + 1)).await.unwrap();
     let created = store
-        .create_user(
-            &new_user("judy", "judy@example.com"),
-            &audit("created", "pending"),
-        )
+        .create_user(&new_user("judy", "judy@example.com"), &audit("created", "pending"))
         .await;
     let Err(error @ UserWriteError::Store(_)) = created else {
         panic!("expected a store error, got {created:?}");
     };
     assert_eq!(error.to_string(), "store error");
     assert_eq!(store.user_count().await.unwrap(), 1);
-    assert!(
-        store
-            .audit_entries("user", "pending")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.audit_entries("user", "pending").await.unwrap().is_empty());
 }
 
 on_both_stores!(

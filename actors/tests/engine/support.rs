@@ -2,12 +2,8 @@
 
 use std::time::Duration;
 
-pub use tally_actors::testing::{
-    Backend, Proxy, TestDb, assert_store_invariants, eventually, init_logging,
-};
-use tally_actors::{
-    AccountId, Amount, Engine, EngineConfig, MoveRequest, Placement, TransactionStatus,
-};
+pub use tally_actors::testing::{Backend, Proxy, TestDb, assert_store_invariants, eventually, init_logging};
+use tally_actors::{AccountId, Amount, Engine, EngineConfig, MoveRequest, Placement, TransactionStatus};
 
 /// A configuration for tests: two arbiters, small pools, short outage timers.
 pub fn config(url: &str) -> EngineConfig {
