@@ -29,11 +29,15 @@ JWT_SECRET=ci-check-ci-check-ci-check-ci-check-0 TALLY_ADMIN_PASSWORD=ci-check-p
 echo "compose file valid"
 
 echo "-- a running Tally"
-(cd "$work" && HOST=127.0.0.1 PORT=$tally_port DATABASE_URL="sqlite://$work/tally.db" \
+(cd "$work" && exec env HOST=127.0.0.1 PORT=$tally_port DATABASE_URL="sqlite://$work/tally.db" \
+    REDIS_URL=redis://127.0.0.1:6379 TALLY_REDIS_PREFIX="tally-ci-$$" \
     JWT_SECRET=ci-observability-secret-ci-observability \
     TALLY_ADMIN_USERNAME=root TALLY_ADMIN_PASSWORD=admin-password-1 LOG_FORMAT=json RUST_LOG=warn \
     "$binary" > "$work/tally.log" 2>&1) &
 pids+=($!)
+if curl -fsS "http://127.0.0.1:$tally_port/healthz" >/dev/null 2>&1; then
+    echo "port $tally_port is already taken by another server"; exit 1
+fi
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$tally_port/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 api="http://127.0.0.1:$tally_port/api/v1"
 token() { sed -E 's/.*"access_token":"([^"]+)".*/\1/'; }
