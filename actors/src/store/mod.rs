@@ -447,6 +447,24 @@ impl Store {
         .await
     }
 
+    /// Create many users at once (provisioning, load-test set-up), each with its empty
+    /// account and a `registered` audit row attributed to `actor`. Idempotent: users
+    /// whose username or email exists are left alone. Returns the id of every named user,
+    /// new or not, in the order given.
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
+    pub async fn create_users(&self, users: &[NewUser], actor: Option<i64>) -> anyhow::Result<Vec<(String, i64)>> {
+        self.observed("create_users", async {
+            self.faults.check_write()?;
+            let now = SystemClock.now();
+            let audit_ids: Vec<Uuid> = users.iter().map(|_| Uuid::now_v7()).collect();
+            match &self.backend {
+                Backend::Postgres(store) => store.create_users(users, &audit_ids, actor, now).await,
+                Backend::Sqlite(store) => store.create_users(users, &audit_ids, actor, now).await,
+            }
+        })
+        .await
+    }
+
     /// The user with this id, deleted or not.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn user(&self, id: i64) -> anyhow::Result<Option<UserRecord>> {

@@ -94,6 +94,27 @@ WITH new_user AS (
 )
 SELECT * FROM new_user";
 
+/// Many users at once: the new ones get their accounts and audit rows; existing names
+/// are skipped.
+const CREATE_USERS: &str = "
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[])
+        AS i(username, email, password_hash, role, audit_id)
+), new_users AS (
+    INSERT INTO users (username, email, password_hash, role, created_at, updated_at)
+    SELECT username, email, password_hash, role, $6, $6 FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING id, username, role, created_at
+), new_accounts AS (
+    INSERT INTO balances (user_id, last_updated_at) SELECT id, created_at FROM new_users
+), new_audit AS (
+    INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
+    SELECT i.audit_id, 'user', u.id::text, 'registered', $7,
+           jsonb_build_object('username', u.username, 'role', u.role, 'bulk', true), NULL, u.created_at
+      FROM new_users u JOIN input i ON i.username = u.username
+)
+SELECT COUNT(*) FROM new_users";
+
 /// Only the given fields change (a NULL parameter keeps the column); the audit rows are
 /// written only when a user was updated.
 const UPDATE_USER: &str = "
@@ -354,6 +375,35 @@ impl PgStore {
             .await
             .map_err(|error| write_error(error, "creating a user"))?;
         Ok(raw_user(row))
+    }
+
+    pub(super) async fn create_users(
+        &self,
+        users: &[NewUser],
+        audit_ids: &[Uuid],
+        actor: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(String, i64)>> {
+        let usernames: Vec<&str> = users.iter().map(|user| user.username.as_str()).collect();
+        sqlx::query(CREATE_USERS)
+            .bind(&usernames)
+            .bind(users.iter().map(|user| user.email.as_str()).collect::<Vec<_>>())
+            .bind(users.iter().map(|user| user.password_hash.as_str()).collect::<Vec<_>>())
+            .bind(users.iter().map(|user| user.role.as_str()).collect::<Vec<_>>())
+            .bind(audit_ids)
+            .bind(now)
+            .bind(actor)
+            .execute(&self.pool)
+            .await
+            .context("creating users")?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT u.id, i.username FROM UNNEST($1::text[]) WITH ORDINALITY AS i(username, position) \
+             JOIN users u ON lower(u.username) = lower(i.username) ORDER BY i.position",
+        )
+        .bind(&usernames)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, username)| (username, id)).collect())
     }
 
     pub(super) async fn user(&self, id: i64) -> anyhow::Result<Option<RawUser>> {

@@ -321,6 +321,73 @@ impl SqliteStore {
         Ok(user)
     }
 
+    pub(super) async fn create_users(
+        &self,
+        users: &[NewUser],
+        audit_ids: &[Uuid],
+        actor: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(String, i64)>> {
+        let input: Vec<_> = users
+            .iter()
+            .zip(audit_ids)
+            .map(|(user, audit_id)| {
+                json!([
+                    user.username,
+                    user.email,
+                    user.password_hash,
+                    user.role.as_str(),
+                    audit_id.to_string()
+                ])
+            })
+            .collect();
+        let input = serde_json::Value::Array(input).to_string();
+        let mut transaction = self.pool.begin().await?;
+        // The audit rows first, while "new" is still "has no account yet" for the
+        // users inserted just before.
+        sqlx::query(
+            "INSERT OR IGNORE INTO users (username, email, password_hash, role, created_at, updated_at) \
+             SELECT value->>0, value->>1, value->>2, value->>3, ?2, ?2 FROM json_each(?1)",
+        )
+        .bind(&input)
+        .bind(micros(now))
+        .execute(&mut *transaction)
+        .await
+        .context("creating users")?;
+        sqlx::query(
+            "INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at) \
+             SELECT j.value->>4, 'user', CAST(u.id AS TEXT), 'registered', ?2, \
+                    json_object('username', u.username, 'role', u.role, 'bulk', json('true')), NULL, ?3 \
+               FROM json_each(?1) AS j JOIN users u ON lower(u.username) = lower(j.value->>0) \
+              WHERE NOT EXISTS (SELECT 1 FROM balances b WHERE b.user_id = u.id)",
+        )
+        .bind(&input)
+        .bind(actor)
+        .bind(micros(now))
+        .execute(&mut *transaction)
+        .await
+        .context("auditing new users")?;
+        sqlx::query(
+            "INSERT INTO balances (user_id, last_updated_at) \
+             SELECT u.id, ?2 FROM json_each(?1) AS j JOIN users u ON lower(u.username) = lower(j.value->>0) \
+              WHERE NOT EXISTS (SELECT 1 FROM balances b WHERE b.user_id = u.id)",
+        )
+        .bind(&input)
+        .bind(micros(now))
+        .execute(&mut *transaction)
+        .await
+        .context("creating accounts")?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT u.id, j.value->>0 FROM json_each(?1) AS j JOIN users u ON lower(u.username) = lower(j.value->>0) \
+              ORDER BY j.key",
+        )
+        .bind(&input)
+        .fetch_all(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(rows.into_iter().map(|(id, username)| (username, id)).collect())
+    }
+
     pub(super) async fn user(&self, id: i64) -> anyhow::Result<Option<RawUser>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
         let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))

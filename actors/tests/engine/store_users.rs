@@ -627,7 +627,39 @@ async fn an_injected_store_failure_is_a_store_error_that_names_no_sql(backend: B
     assert!(store.audit_entries("user", "pending").await.unwrap().is_empty());
 }
 
+async fn many_users_are_created_at_once_idempotently_each_with_an_account(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = connect(&db).await;
+    let existing = create(&store, "carol").await;
+    let batch = vec![
+        new_user("amy", "amy@example.com"),
+        new_user("carol", "carol@example.com"),
+        new_user("dan", "dan@example.com"),
+    ];
+    let created = store.create_users(&batch, Some(42)).await.unwrap();
+    let names: Vec<&str> = created.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["amy", "carol", "dan"]);
+    assert_eq!(created[1].1, existing.id, "an existing user is left alone");
+    for (name, id) in &created {
+        assert!(
+            store.load_account(account(*id)).await.unwrap().is_some(),
+            "{name} has an account"
+        );
+    }
+    assert_eq!(user_audit_actions(&store, created[0].1).await, ["registered"]);
+    assert_eq!(
+        user_audit_actions(&store, existing.id).await,
+        ["created"],
+        "not registered twice"
+    );
+    let again = store.create_users(&batch, Some(42)).await.unwrap();
+    assert_eq!(again, created, "idempotent");
+    assert_eq!(store.user_count().await.unwrap(), 3);
+    assert_store_invariants(&store).await;
+}
+
 on_both_stores!(
+    many_users_are_created_at_once_idempotently_each_with_an_account,
     a_created_user_has_an_empty_account_and_is_found_by_username_in_any_case,
     a_taken_username_or_email_is_refused_with_a_typed_error_and_writes_nothing,
     updating_a_user_changes_only_the_given_fields_and_writes_its_audit_rows,
