@@ -34,6 +34,24 @@ pub fn parse_amount(raw: &RawValue) -> Result<Amount, String> {
     })
 }
 
+/// Parse a limit from its JSON text: like an amount, but zero is allowed.
+pub fn parse_limit(raw: &RawValue) -> Result<i64, String> {
+    let text = raw.get().trim();
+    let digits = match text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+        Some(inner) => inner,
+        None if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => text,
+        None => return Err("must be a decimal number or a string such as \"12.34\"".into()),
+    };
+    if digits.starts_with('-') {
+        return Err("must be zero or more".into());
+    }
+    let minor = parse_decimal_minor(digits)?;
+    if minor > AMOUNT_MAX_MINOR {
+        return Err(format!("must be at most {}", format_minor(AMOUNT_MAX_MINOR)));
+    }
+    Ok(minor)
+}
+
 /// `"12.34"` → 1234, exactly; anything but plain decimal notation with at most two
 /// fractional digits is refused.
 fn parse_decimal_minor(text: &str) -> Result<i64, String> {
@@ -147,6 +165,18 @@ mod tests {
     fn amount(json: &str) -> Result<i64, String> {
         let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
         parse_amount(&raw).map(Amount::minor)
+    }
+
+    #[test]
+    fn limits_are_amounts_that_may_be_zero() {
+        let raw = |text: &str| RawValue::from_string(text.to_string()).unwrap();
+        assert_eq!(parse_limit(&raw("0")), Ok(0));
+        assert_eq!(parse_limit(&raw("\"0.00\"")), Ok(0));
+        assert_eq!(parse_limit(&raw("12.5")), Ok(1250));
+        assert!(parse_limit(&raw("-1")).is_err());
+        assert!(parse_limit(&raw("1.234")).is_err());
+        assert!(parse_limit(&raw("true")).is_err());
+        assert!(parse_limit(&raw("100000000000.01")).is_err());
     }
 
     #[test]

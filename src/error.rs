@@ -68,6 +68,18 @@ codes! {
     AccountNotFound => (StatusCode::UNPROCESSABLE_ENTITY, "account_not_found", "The account does not exist"),
     BalanceOverflow => (StatusCode::UNPROCESSABLE_ENTITY, "balance_overflow", "The balance would overflow"),
     TargetUnavailable => (StatusCode::UNPROCESSABLE_ENTITY, "target_unavailable", "The target account could not be reached"),
+    OverOverdraftLimit => (StatusCode::UNPROCESSABLE_ENTITY, "over_overdraft_limit", "The debit would go beyond the account's overdraft limit"),
+    OverMaxBalance => (StatusCode::UNPROCESSABLE_ENTITY, "over_max_balance", "The credit would go beyond the account's maximum balance"),
+    OverDailyCap => (StatusCode::UNPROCESSABLE_ENTITY, "over_daily_cap", "The debit would go beyond the account's daily debit cap"),
+    HoldExpired => (StatusCode::CONFLICT, "hold_expired", "The hold expired before it was settled"),
+    BatchAborted => (StatusCode::UNPROCESSABLE_ENTITY, "batch_aborted", "Another leg of the batch was refused, so none applied"),
+    NotAHold => (StatusCode::CONFLICT, "not_a_hold", "The transaction is not a hold"),
+    HoldNotPending => (StatusCode::CONFLICT, "hold_not_pending", "The hold is no longer pending"),
+    HoldAmountTooLarge => (StatusCode::UNPROCESSABLE_ENTITY, "hold_amount_exceeded", "The amount to post is more than the hold"),
+    NotReversible => (StatusCode::CONFLICT, "not_reversible", "The transaction cannot be reversed"),
+    ReversalExceedsOriginal => (StatusCode::CONFLICT, "reversal_exceeds_original", "The reversal would give back more than the original moved"),
+    BatchTooLarge => (StatusCode::UNPROCESSABLE_ENTITY, "batch_size_invalid", "A batch has too few or too many legs"),
+    RulesRefused => (StatusCode::UNPROCESSABLE_ENTITY, "rules_refused", "The account's rules cannot change that way"),
     StatusChangeRefused => (StatusCode::UNPROCESSABLE_ENTITY, "status_change_refused", "The account status cannot change that way"),
     RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
     InternalError => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
@@ -91,6 +103,11 @@ impl Code {
             Refusal::AccountNotFound => Code::AccountNotFound,
             Refusal::BalanceOverflow => Code::BalanceOverflow,
             Refusal::TargetUnavailable => Code::TargetUnavailable,
+            Refusal::OverOverdraftLimit => Code::OverOverdraftLimit,
+            Refusal::OverMaxBalance => Code::OverMaxBalance,
+            Refusal::OverDailyCap => Code::OverDailyCap,
+            Refusal::HoldExpired => Code::HoldExpired,
+            Refusal::BatchAborted => Code::BatchAborted,
         }
     }
 }
@@ -130,6 +147,10 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub transaction: Option<serde_json::Value>,
+    /// For a refused atomic batch: every leg's recorded outcome and the failing leg.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub batch: Option<serde_json::Value>,
 }
 
 /// An error answer: a code, a detail for people, and extras. Boxed, so that the many
@@ -157,6 +178,7 @@ pub struct ApiErrorParts {
     pub detail: String,
     pub errors: Vec<FieldError>,
     pub transaction: Option<serde_json::Value>,
+    pub batch: Option<serde_json::Value>,
     /// Seconds after which a retry may succeed (503, 429).
     pub retry_after_seconds: Option<u64>,
     /// What went wrong inside, for the log only.
@@ -175,6 +197,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             transaction: None,
+            batch: None,
             retry_after_seconds: None,
             cause: None,
             request_id: None,
@@ -249,6 +272,7 @@ impl ApiError {
             errors: self.errors.clone(),
             request_id,
             transaction: self.transaction.clone(),
+            batch: self.batch.clone(),
         }
     }
 }
@@ -317,8 +341,48 @@ impl From<EngineError> for ApiError {
             }
             EngineError::StatusChange(refusal) => match refusal {
                 StatusChangeRefusal::BalanceNotZero => ApiError::new(Code::AccountNotEmpty, refusal.to_string()),
+                StatusChangeRefusal::InvalidRule => ApiError::new(Code::RulesRefused, refusal.to_string()),
                 _ => ApiError::new(Code::StatusChangeRefused, refusal.to_string()),
             },
+            EngineError::TransactionNotFound(id) => {
+                ApiError::new(Code::TransactionNotFound, format!("Transaction {id} does not exist"))
+            }
+            EngineError::NotAHold(id) => ApiError::new(
+                Code::NotAHold,
+                format!("Transaction {id} is not a hold: only a pending transfer can be posted or voided"),
+            ),
+            EngineError::HoldNotPending { status, reason } => match reason {
+                Some(Refusal::HoldExpired) => ApiError::new(Code::HoldExpired, "The hold expired and was voided"),
+                _ => ApiError::new(
+                    Code::HoldNotPending,
+                    format!(
+                        "The hold is {}; only a pending hold can be posted or voided",
+                        status.as_str()
+                    ),
+                ),
+            },
+            EngineError::HoldAmountTooLarge => ApiError::new(
+                Code::HoldAmountTooLarge,
+                "The amount to post is more than the hold; post at most the held amount",
+            ),
+            EngineError::NotReversible { kind, status } => ApiError::new(
+                Code::NotReversible,
+                format!(
+                    "A {} that is {} cannot be reversed: only a completed transaction or a posted hold can",
+                    kind.as_str(),
+                    status.as_str()
+                ),
+            ),
+            EngineError::ReversalExceedsOriginal { remaining } => ApiError::new(
+                Code::ReversalExceedsOriginal,
+                format!(
+                    "Only {} is left to reverse of the original",
+                    crate::domain::format_minor(remaining)
+                ),
+            ),
+            EngineError::BatchSize { max } => {
+                ApiError::new(Code::BatchTooLarge, format!("A batch has 1 to {max} legs"))
+            }
             EngineError::ShuttingDown => {
                 ApiError::new(Code::ShuttingDown, "The server is shutting down; retry elsewhere")
             }
@@ -349,14 +413,7 @@ mod tests {
 
     #[test]
     fn every_refusal_has_its_own_code() {
-        for refusal in [
-            Refusal::InsufficientFunds,
-            Refusal::AccountFrozen,
-            Refusal::AccountClosed,
-            Refusal::AccountNotFound,
-            Refusal::BalanceOverflow,
-            Refusal::TargetUnavailable,
-        ] {
+        for &refusal in Refusal::ALL {
             assert_eq!(Code::for_refusal(refusal).as_str(), refusal.code());
         }
     }

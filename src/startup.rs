@@ -23,7 +23,7 @@ use crate::metrics::HttpMetrics;
 use crate::middleware::{RequestGuard, RouteTemplates, limit_per_ip, problem_bodies};
 use crate::rate_limit::RateLimiter;
 use crate::redis_link::RedisLink;
-use crate::routes::{admin, auth, balances, health, openapi, transactions, users};
+use crate::routes::{admin, auth, balances, health, movements, openapi, rules, transactions, users};
 
 /// Register every route. Order matters where paths overlap: `/transactions/history`
 /// before `/transactions/{id}`.
@@ -46,6 +46,10 @@ pub fn routes(config: &mut ServiceConfig) {
                 .service(transactions::credit)
                 .service(transactions::debit)
                 .service(transactions::transfer)
+                .service(movements::batch)
+                .service(movements::post_hold)
+                .service(movements::void_hold)
+                .service(movements::reverse)
                 .service(transactions::history)
                 .service(transactions::of_user)
                 .service(transactions::by_id)
@@ -55,6 +59,8 @@ pub fn routes(config: &mut ServiceConfig) {
                 .service(balances::historical_for)
                 .service(balances::at_time)
                 .service(balances::at_time_for)
+                .service(rules::get_rules)
+                .service(rules::put_rules)
                 .service(admin::actors)
                 .service(admin::persister)
                 .service(openapi::document),

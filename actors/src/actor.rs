@@ -19,9 +19,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
-use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal, StatusChangeRefusal};
+use crate::account::{
+    AccountEffect, AccountRules, AccountState, AccountStatus, HoldRefusal, Refusal, StatusChangeRefusal,
+};
 use crate::money::{AccountId, Amount};
+use crate::record::TransactionRecord;
 use crate::shared::Shared;
 
 /// Why an actor could not apply a message.
@@ -105,6 +109,7 @@ impl AccountActor {
         let idle = self.shared.clock.now() - self.last_active;
         if idle.to_std().unwrap_or_default() < self.shared.config.passivation_idle
             || self.depth.load(Ordering::Acquire) > 0
+            || !state.is_at_rest()
         {
             return;
         }
@@ -238,6 +243,9 @@ impl Handler<Credit> for AccountActor {
 #[rtype(result = "Result<AccountEffect, StepError>")]
 pub(crate) struct Refund {
     pub amount: Amount,
+    /// When the debit being refunded was applied (the daily cap gives it back if that
+    /// was today).
+    pub debited_at: DateTime<Utc>,
     pub at: DateTime<Utc>,
     /// The coordinator step this message belongs to (a disabled span unless tracing
     /// is exported).
@@ -250,7 +258,9 @@ impl Handler<Refund> for AccountActor {
     fn handle(&mut self, message: Refund, _ctx: &mut Self::Context) -> Self::Result {
         let _span = self.span(&message.span, "refund");
         let began = self.received();
-        let result = self.state().map(|state| state.refund(message.amount, message.at));
+        let result = self
+            .state()
+            .map(|state| state.refund(message.amount, message.debited_at, message.at));
         self.handled("refund", began);
         result
     }
@@ -310,5 +320,186 @@ impl Handler<Sweep> for AccountActor {
     fn handle(&mut self, _message: Sweep, ctx: &mut Self::Context) {
         self.depth.fetch_sub(1, Ordering::AcqRel);
         self.passivate_if_idle(ctx);
+    }
+}
+
+/// Why a hold could not be captured or released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HoldStepError {
+    Step(StepError),
+    Hold(HoldRefusal),
+}
+
+/// Reserve a hold on this account (a pending transfer from it).
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<(AccountEffect, TransactionRecord), StepError>")]
+pub(crate) struct PlaceHold {
+    pub record: TransactionRecord,
+    pub at: DateTime<Utc>,
+    pub span: tracing::Span,
+}
+
+impl Handler<PlaceHold> for AccountActor {
+    type Result = Result<(AccountEffect, TransactionRecord), StepError>;
+
+    fn handle(&mut self, message: PlaceHold, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "place_hold");
+        let began = self.received();
+        let id = message.record.id;
+        let result = self.state().and_then(|state| {
+            let version = state.version;
+            state
+                .place_hold(message.record, message.at)
+                .map(|effect| (effect, state.holds[&id].clone()))
+                .map_err(|refusal| StepError::Refused { refusal, version })
+        });
+        self.handled("place_hold", began);
+        result
+    }
+}
+
+/// Capture (all or part of) an open hold: the amount leaves, the rest is released.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<(AccountEffect, TransactionRecord), HoldStepError>")]
+pub(crate) struct CaptureHold {
+    pub id: Uuid,
+    pub amount: Option<Amount>,
+    pub at: DateTime<Utc>,
+    pub span: tracing::Span,
+}
+
+impl Handler<CaptureHold> for AccountActor {
+    type Result = Result<(AccountEffect, TransactionRecord), HoldStepError>;
+
+    fn handle(&mut self, message: CaptureHold, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "capture_hold");
+        let began = self.received();
+        let result = self.state().map_err(HoldStepError::Step).and_then(|state| {
+            state
+                .capture_hold(message.id, message.amount, message.at)
+                .map_err(HoldStepError::Hold)
+        });
+        self.handled("capture_hold", began);
+        result
+    }
+}
+
+/// Release an open hold whole (a void, or an expiry).
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<(AccountEffect, TransactionRecord), HoldStepError>")]
+pub(crate) struct ReleaseHold {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub span: tracing::Span,
+}
+
+impl Handler<ReleaseHold> for AccountActor {
+    type Result = Result<(AccountEffect, TransactionRecord), HoldStepError>;
+
+    fn handle(&mut self, message: ReleaseHold, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "release_hold");
+        let began = self.received();
+        let result = self
+            .state()
+            .map_err(HoldStepError::Step)
+            .and_then(|state| state.release_hold(message.id, message.at).map_err(HoldStepError::Hold));
+        self.handled("release_hold", began);
+        result
+    }
+}
+
+/// The legs of an atomic batch, as one account sees them: promise, then keep or drop
+/// the promise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BatchStep {
+    /// Promise `amount` out (checked like a debit).
+    Reserve {
+        amount: Amount,
+    },
+    /// Promise room for `amount` in (checked like a credit).
+    ReserveIncoming {
+        amount: Amount,
+    },
+    /// Drop a promise out made at `reserved_at`.
+    Unreserve {
+        amount: Amount,
+        reserved_at: DateTime<Utc>,
+    },
+    DropIncoming {
+        amount: Amount,
+    },
+    /// Keep a promise out: the amount leaves.
+    Settle {
+        amount: Amount,
+    },
+    /// Keep a promise in: the amount arrives.
+    SettleIncoming {
+        amount: Amount,
+    },
+}
+
+/// One step of an atomic batch on this account. Promises are refused like debits and
+/// credits; dropping and keeping them cannot fail. Keeping one is a durable change.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<Option<AccountEffect>, StepError>")]
+pub(crate) struct BatchMessage {
+    pub step: BatchStep,
+    pub at: DateTime<Utc>,
+    pub span: tracing::Span,
+}
+
+impl Handler<BatchMessage> for AccountActor {
+    type Result = Result<Option<AccountEffect>, StepError>;
+
+    fn handle(&mut self, message: BatchMessage, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "batch");
+        let began = self.received();
+        let at = message.at;
+        let result = self.state().and_then(|state| {
+            let version = state.version;
+            let refused = |refusal| StepError::Refused { refusal, version };
+            match message.step {
+                BatchStep::Reserve { amount } => state.reserve(amount, at).map(|()| None).map_err(refused),
+                BatchStep::ReserveIncoming { amount } => state.reserve_incoming(amount).map(|()| None).map_err(refused),
+                BatchStep::Unreserve { amount, reserved_at } => {
+                    state.unreserve(amount, reserved_at, at);
+                    Ok(None)
+                }
+                BatchStep::DropIncoming { amount } => {
+                    state.unreserve_incoming(amount);
+                    Ok(None)
+                }
+                BatchStep::Settle { amount } => Ok(Some(state.settle_reserved(amount, at))),
+                BatchStep::SettleIncoming { amount } => Ok(Some(state.settle_incoming(amount, at))),
+            }
+        });
+        self.handled("batch", began);
+        result
+    }
+}
+
+/// Replace the account's rules.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<Result<(AccountRules, AccountEffect), StatusChangeRefusal>, StepError>")]
+pub(crate) struct SetRules {
+    pub rules: AccountRules,
+    pub at: DateTime<Utc>,
+    pub span: tracing::Span,
+}
+
+impl Handler<SetRules> for AccountActor {
+    type Result = Result<Result<(AccountRules, AccountEffect), StatusChangeRefusal>, StepError>;
+
+    fn handle(&mut self, message: SetRules, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span(&message.span, "set_rules");
+        let began = self.received();
+        let result = self.state().map(|state| {
+            let before = state.rules;
+            state
+                .set_rules(message.rules, message.at)
+                .map(|effect| (before, effect))
+        });
+        self.handled("set_rules", began);
+        result
     }
 }

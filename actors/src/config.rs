@@ -81,6 +81,10 @@ pub struct EngineConfig {
     pub retry_backoff_max: Duration,
     /// Connections of the read pool (account activation, idempotency lookups, reads).
     pub read_connections_max: u32,
+    /// The most legs one atomic batch may have.
+    pub batch_legs_max: usize,
+    /// How often the engine looks for holds past their expiry.
+    pub hold_expiry_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -104,6 +108,8 @@ impl Default for EngineConfig {
             retry_backoff_min: Duration::from_millis(20),
             retry_backoff_max: Duration::from_secs(2),
             read_connections_max: 16,
+            batch_legs_max: 100,
+            hold_expiry_interval: Duration::from_millis(100),
         }
     }
 }

@@ -15,20 +15,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal};
-use crate::actor::{Credit, Debit, Refund, SetStatus, Snapshot, StepError, Sweep};
+use crate::account::{AccountEffect, AccountRules, AccountState, AccountStatus, DailyUsage, Refusal};
+use crate::actor::{Credit, Debit, Refund, SetRules, SetStatus, Snapshot, StepError, Sweep};
+use crate::batch::{BatchOutcome, BatchRequest};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Durability, EngineConfig, Placement};
 use crate::error::EngineError;
 use crate::idempotency::{Claim, Fingerprint, IDEMPOTENCY_KEY_LENGTH_MAX, Idempotency};
 use crate::metrics::EngineMetrics;
 use crate::money::{AccountId, Amount};
-use crate::persister::{PendingWrite, Persister, PersisterStatus};
+use crate::persister::{PendingWrite, Persister, PersisterStatus, Reservation};
 use crate::record::{AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus};
 use crate::registry::{Registry, SendError};
 use crate::shared::Shared;
@@ -48,6 +50,46 @@ pub struct MoveRequest {
     /// The user on whose behalf it runs; idempotency keys are scoped to this user.
     pub initiator: Option<i64>,
     pub idempotency_key: Option<String>,
+    /// A transfer placed as a hold: reserved on the source, moved only when posted.
+    pub hold: Option<HoldTerms>,
+    /// For a reversal: the transaction it gives back.
+    pub parent_id: Option<Uuid>,
+}
+
+/// How a transfer is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HoldTerms {
+    /// When the engine voids the hold if it is still pending; none: it waits for a post
+    /// or a void.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What identifies a movement for idempotency: a retry must ask for the same one. A
+/// hold's expiry is left out (a retry computes it anew from the same `expires_in`).
+#[derive(Hash)]
+pub(crate) struct Identity {
+    kind: &'static str,
+    from: i64,
+    to: i64,
+    amount: i64,
+    held: bool,
+    parent: Option<Uuid>,
+    /// Batch legs share one key; a single movement never matches one of them.
+    in_batch: bool,
+}
+
+impl Identity {
+    pub(crate) fn of_record(record: &TransactionRecord) -> Identity {
+        Identity {
+            kind: record.kind.as_str(),
+            from: record.from.get(),
+            to: record.to.get(),
+            amount: record.held_amount.unwrap_or(record.amount).minor(),
+            held: record.held_amount.is_some(),
+            parent: record.parent_id,
+            in_batch: record.batch_id.is_some(),
+        }
+    }
 }
 
 impl MoveRequest {
@@ -74,7 +116,23 @@ impl MoveRequest {
             amount,
             initiator: None,
             idempotency_key: None,
+            hold: None,
+            parent_id: None,
         }
+    }
+
+    /// Give back `amount` of `original`: from its target to its source.
+    pub(crate) fn reversal(original: &TransactionRecord, amount: Amount) -> Self {
+        MoveRequest {
+            parent_id: Some(original.id),
+            ..Self::new(TransactionKind::Reversal, original.to, original.from, amount)
+        }
+    }
+
+    /// Make this transfer a hold (a pending transfer).
+    pub fn pending(mut self, expires_at: Option<DateTime<Utc>>) -> Self {
+        self.hold = Some(HoldTerms { expires_at });
+        self
     }
 
     pub fn initiated_by(mut self, user: i64) -> Self {
@@ -87,7 +145,7 @@ impl MoveRequest {
         self
     }
 
-    fn validate(&self) -> Result<(), EngineError> {
+    pub(crate) fn validate(&self) -> Result<(), EngineError> {
         if self.from == self.to {
             return Err(EngineError::SelfTransfer);
         }
@@ -95,7 +153,16 @@ impl MoveRequest {
             TransactionKind::Transfer => !self.from.is_external() && !self.to.is_external(),
             TransactionKind::Credit => self.from.is_external() && !self.to.is_external(),
             TransactionKind::Debit => !self.from.is_external() && self.to.is_external(),
+            TransactionKind::Reversal => true,
         };
+        if (self.kind == TransactionKind::Reversal) != self.parent_id.is_some() {
+            return Err(EngineError::InvalidRequest(
+                "a reversal, and only a reversal, names what it reverses",
+            ));
+        }
+        if self.hold.is_some() && self.kind != TransactionKind::Transfer {
+            return Err(EngineError::InvalidRequest("only a transfer can be held"));
+        }
         if !parties_fit {
             return Err(EngineError::InvalidRequest(
                 "only credits and debits involve the external account, and always on one side",
@@ -114,13 +181,20 @@ impl MoveRequest {
         Ok(())
     }
 
-    fn fingerprint(&self) -> Fingerprint {
-        Fingerprint {
-            kind: self.kind,
-            from: self.from,
-            to: self.to,
-            amount: self.amount,
+    pub(crate) fn identity(&self, in_batch: bool) -> Identity {
+        Identity {
+            kind: self.kind.as_str(),
+            from: self.from.get(),
+            to: self.to.get(),
+            amount: self.amount.minor(),
+            held: self.hold.is_some(),
+            parent: self.parent_id,
+            in_batch,
         }
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.identity(false))
     }
 }
 
@@ -133,10 +207,36 @@ pub struct AccountBalance {
     pub available: i64,
     pub status: AccountStatus,
     pub version: u64,
+    pub rules: AccountRules,
+    /// What left the account today (UTC), counted against its daily cap.
+    pub debited_today: i64,
 }
 
-impl From<&AccountState> for AccountBalance {
-    fn from(state: &AccountState) -> Self {
+impl AccountBalance {
+    fn of_effect(effect: &AccountEffect, today: DateTime<Utc>) -> Self {
+        AccountBalance {
+            account: effect.account,
+            balance: effect.balance,
+            held: effect.held,
+            available: effect.balance - effect.held + effect.rules.overdraft_limit,
+            status: effect.status,
+            version: effect.version,
+            rules: effect.rules,
+            debited_today: debited_on(effect.usage, today),
+        }
+    }
+}
+
+fn debited_on(usage: DailyUsage, at: DateTime<Utc>) -> i64 {
+    if usage.day == crate::account::day_of(at) {
+        usage.debited
+    } else {
+        0
+    }
+}
+
+impl AccountBalance {
+    fn of_state(state: &AccountState, today: DateTime<Utc>) -> Self {
         AccountBalance {
             account: state.id,
             balance: state.balance,
@@ -144,6 +244,8 @@ impl From<&AccountState> for AccountBalance {
             available: state.available(),
             status: state.status,
             version: state.version,
+            rules: state.rules,
+            debited_today: debited_on(state.usage, today),
         }
     }
 }
@@ -164,10 +266,20 @@ pub struct AuditContext {
     pub request_id: Option<String>,
 }
 
+/// A request to give back (part of) an earlier transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReversalRequest {
+    pub original: Uuid,
+    /// How much to give back; `None`: the whole original amount.
+    pub amount: Option<Amount>,
+    pub initiator: Option<i64>,
+    pub idempotency_key: Option<String>,
+}
+
 /// The engine: a cheap, cloneable handle.
 #[derive(Clone, Debug)]
 pub struct Engine {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     owned_arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
 }
 
@@ -221,10 +333,21 @@ impl Engine {
             persister,
             durable_listener,
             idempotency: Idempotency::default(),
+            locks: Default::default(),
+            open_holds: Default::default(),
+            expiries: Default::default(),
             closing: Default::default(),
             in_flight: Default::default(),
             drained: Default::default(),
         });
+        let expiring = shared.store.expiring_holds().await?;
+        if !expiring.is_empty() {
+            tracing::info!(
+                holds = expiring.len(),
+                "open holds with an expiry; those already past it are voided now"
+            );
+        }
+        crate::holds::start_expiry(&shared, expiring);
         Ok(Engine {
             shared,
             owned_arbiters: Arc::new(std::sync::Mutex::new(owned_arbiters)),
@@ -247,6 +370,11 @@ impl Engine {
         &self.shared.config
     }
 
+    /// The engine's clock: the time it stamps on what it records.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared.clock.now()
+    }
+
     /// Run one movement. Business refusals (insufficient funds, a frozen target…) are
     /// `Ok` records with status `failed` or `rolled_back`; errors mean nothing was
     /// recorded, or (for `Unavailable` after the work began) that the outcome is not
@@ -259,9 +387,6 @@ impl Engine {
     /// idempotency key was used before and nothing ran now.
     pub async fn execute_with_replay(&self, request: MoveRequest) -> Result<(TransactionRecord, bool), EngineError> {
         request.validate()?;
-        let guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
-        let (reply, outcome) = oneshot::channel();
-        let shared = self.shared.clone();
         let span = tracing::debug_span!(
             "ledger.transfer",
             kind = request.kind.as_str(),
@@ -270,17 +395,8 @@ impl Engine {
             amount_minor = request.amount.minor(),
             outcome = tracing::field::Empty,
         );
-        // A task of its own: the transfer finishes even if the caller stops waiting.
-        tokio::spawn(
-            async move {
-                coordinate(shared, request, reply).await;
-                drop(guard);
-            }
-            .instrument(span),
-        );
-        outcome.await.unwrap_or(Err(EngineError::Unavailable(
-            "the engine stopped; the outcome is not known",
-        )))
+        self.detached(span, move |shared, reply| coordinate(shared, request, reply))
+            .await
     }
 
     /// Create an empty, active account; false when it already existed.
@@ -298,8 +414,9 @@ impl Engine {
             .ask(id, Snapshot, false)
             .await
             .map_err(|error| send_error(id, error))?;
+        let today = self.shared.clock.now();
         state
-            .map(|state| AccountBalance::from(&state))
+            .map(|state| AccountBalance::of_state(&state, today))
             .map_err(|error| step_error(id, error))
     }
 
@@ -310,29 +427,68 @@ impl Engine {
         status: AccountStatus,
         audit: AuditContext,
     ) -> Result<AccountBalance, EngineError> {
+        self.change_account(id, audit, |at, span| async move {
+            let (before, effect) = self
+                .shared
+                .ask(id, SetStatus { status, at, span }, false)
+                .await
+                .map_err(|error| send_error(id, error))?
+                .map_err(|error| step_error(id, error))??;
+            let details = serde_json::json!({ "from": before.as_str(), "to": status.as_str() });
+            Ok(("status_changed", details, effect))
+        })
+        .await
+    }
+
+    /// Replace an account's rules (overdraft limit, maximum balance, daily debit cap);
+    /// durable (and audited) before it returns.
+    pub async fn set_rules(
+        &self,
+        id: AccountId,
+        rules: AccountRules,
+        audit: AuditContext,
+    ) -> Result<AccountBalance, EngineError> {
+        self.change_account(id, audit, |at, span| async move {
+            let (before, effect) = self
+                .shared
+                .ask(id, SetRules { rules, at, span }, false)
+                .await
+                .map_err(|error| send_error(id, error))?
+                .map_err(|error| step_error(id, error))??;
+            let details = serde_json::json!({ "from": before, "to": rules });
+            Ok(("rules_changed", details, effect))
+        })
+        .await
+    }
+
+    /// An administrative change of one account: applied by its actor through `change`,
+    /// then written with its audit entry; durable before it returns in strict mode.
+    async fn change_account<F, Fut>(
+        &self,
+        id: AccountId,
+        audit: AuditContext,
+        change: F,
+    ) -> Result<AccountBalance, EngineError>
+    where
+        F: FnOnce(DateTime<Utc>, tracing::Span) -> Fut,
+        Fut: Future<Output = Result<(&'static str, serde_json::Value, AccountEffect), EngineError>>,
+    {
         let _guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
         let reservation = self.shared.persister.reserve()?;
         let at = self.shared.clock.now();
-        let span = tracing::Span::current();
-        let reply = self
-            .shared
-            .ask(id, SetStatus { status, at, span }, false)
-            .await
-            .map_err(|error| send_error(id, error))?
-            .map_err(|error| step_error(id, error))?;
-        let (before, effect) = reply?;
+        let (action, details, effect) = change(at, tracing::Span::current()).await?;
         let entry = AuditEntry {
             id: Uuid::now_v7(),
             entity_type: "account".into(),
             entity_id: id.to_string(),
-            action: "status_changed".into(),
+            action: action.into(),
             actor_user_id: audit.actor_user_id,
-            details: serde_json::json!({ "from": before.as_str(), "to": status.as_str() }),
+            details,
             request_id: audit.request_id,
             created_at: at,
         };
         let write = PendingWrite {
-            transaction: None,
+            transactions: Vec::new(),
             effects: vec![effect],
             audit: vec![entry],
             applied_at: Instant::now(),
@@ -346,14 +502,85 @@ impl Engine {
                 .map_err(|_| EngineError::Unavailable("the change is not durable yet; its outcome is not known"))?
                 .map_err(|_| EngineError::Unavailable("the engine stopped; the outcome is not known"))?;
         }
-        Ok(AccountBalance {
-            account: id,
-            balance: effect.balance,
-            held: effect.held,
-            available: effect.balance - effect.held,
-            status: effect.status,
-            version: effect.version,
+        Ok(AccountBalance::of_effect(&effect, at))
+    }
+
+    /// Capture `amount` of the hold `id` (all of it when `None`): that amount moves to
+    /// the target and the rest is released. Also tells whether the hold was already
+    /// posted exactly so (a retry), in which case nothing ran now.
+    pub async fn post_hold(&self, id: Uuid, amount: Option<Amount>) -> Result<(TransactionRecord, bool), EngineError> {
+        let span = tracing::debug_span!("ledger.post_hold", hold = %id, outcome = tracing::field::Empty);
+        self.detached(span, move |shared, reply| {
+            crate::holds::settle(shared, id, crate::holds::Settlement::Post(amount), reply)
         })
+        .await
+    }
+
+    /// Release the hold `id` whole. Also tells whether it was already voided (a retry).
+    pub async fn void_hold(&self, id: Uuid) -> Result<(TransactionRecord, bool), EngineError> {
+        let span = tracing::debug_span!("ledger.void_hold", hold = %id, outcome = tracing::field::Empty);
+        self.detached(span, move |shared, reply| {
+            crate::holds::settle(shared, id, crate::holds::Settlement::Void, reply)
+        })
+        .await
+    }
+
+    /// Give back `amount` (all of it when `None`) of the completed transaction or
+    /// posted hold `original`: from its target to its source, linked to it. All the
+    /// reversals of a transaction together give back at most its amount.
+    pub async fn reverse(&self, request: ReversalRequest) -> Result<(TransactionRecord, bool), EngineError> {
+        let original = self
+            .shared
+            .store
+            .transaction(request.original)
+            .await
+            .map_err(EngineError::Store)?
+            .ok_or(EngineError::TransactionNotFound(request.original))?;
+        if original.kind == TransactionKind::Reversal || !original.moved_money() {
+            return Err(EngineError::NotReversible {
+                kind: original.kind,
+                status: original.status,
+            });
+        }
+        let mut movement = MoveRequest::reversal(&original, request.amount.unwrap_or(original.amount));
+        movement.initiator = request.initiator;
+        movement.idempotency_key = request.idempotency_key;
+        self.execute_with_replay(movement).await
+    }
+
+    /// Run every leg of `request` or none: see [`crate::batch`].
+    pub async fn execute_batch(&self, request: BatchRequest) -> Result<(BatchOutcome, bool), EngineError> {
+        request.validate(self.shared.config.batch_legs_max)?;
+        let span = tracing::debug_span!(
+            "ledger.batch",
+            legs = request.legs.len(),
+            outcome = tracing::field::Empty
+        );
+        self.detached(span, move |shared, reply| crate::batch::execute(shared, request, reply))
+            .await
+    }
+
+    /// Run `work` as a task of its own (it finishes even if the caller stops waiting)
+    /// and wait for the reply it sends.
+    async fn detached<T, F, Fut>(&self, span: tracing::Span, work: F) -> Result<(T, bool), EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>, Reply<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
+        let (reply, outcome) = oneshot::channel();
+        let task = work(self.shared.clone(), reply);
+        tokio::spawn(
+            async move {
+                task.await;
+                drop(guard);
+            }
+            .instrument(span),
+        );
+        outcome.await.unwrap_or(Err(EngineError::Unavailable(
+            "the engine stopped; the outcome is not known",
+        )))
     }
 
     /// Be told, after every commit and before its writes are acknowledged, which
@@ -435,14 +662,14 @@ impl Engine {
     }
 }
 
-fn send_error(id: AccountId, error: SendError) -> EngineError {
+pub(crate) fn send_error(id: AccountId, error: SendError) -> EngineError {
     match error {
         SendError::Overloaded => EngineError::Overloaded(id),
         SendError::Unavailable => EngineError::Unavailable("an account could not be reached"),
     }
 }
 
-fn step_error(id: AccountId, error: StepError) -> EngineError {
+pub(crate) fn step_error(id: AccountId, error: StepError) -> EngineError {
     match error {
         StepError::NotFound => EngineError::AccountNotFound(id),
         StepError::Unavailable => EngineError::Unavailable("an account could not be loaded"),
@@ -450,24 +677,26 @@ fn step_error(id: AccountId, error: StepError) -> EngineError {
     }
 }
 
+/// Where an operation run as a task of its own sends its outcome: the value, and
+/// whether it is a replay of an earlier request (nothing ran now).
+pub(crate) type Reply<T> = oneshot::Sender<Result<(T, bool), EngineError>>;
+
 /// One movement, start to durable. Sends its outcome on `reply` as soon as the caller
 /// may have it (strict: once durable; relaxed: once applied), then finishes the
 /// idempotency book-keeping, which must wait for durability in either mode.
-async fn coordinate(
-    shared: Arc<Shared>,
-    request: MoveRequest,
-    reply: oneshot::Sender<Result<(TransactionRecord, bool), EngineError>>,
-) {
+async fn coordinate(shared: Arc<Shared>, request: MoveRequest, reply: Reply<TransactionRecord>) {
     let owner = match (&request.idempotency_key, request.initiator) {
         (Some(key), Some(initiator)) => {
+            let fingerprint = request.fingerprint();
+            let matches = |record: &TransactionRecord| Fingerprint::of(&Identity::of_record(record)) == fingerprint;
             match shared
                 .idempotency
-                .claim(&shared.store, initiator, key, request.fingerprint())
+                .claim(&shared.store, initiator, key, fingerprint, matches)
                 .await
             {
                 Ok(Claim::Owner(owner)) => Some(owner),
                 Ok(Claim::Replay(record)) => {
-                    let _ = reply.send(Ok((record, true)));
+                    let _ = reply.send(Ok((*record, true)));
                     return;
                 }
                 Err(error) => {
@@ -477,6 +706,18 @@ async fn coordinate(
             }
         }
         _ => None,
+    };
+    // Reversals of one transaction run one at a time, each until it is durable, so
+    // together they never give back more than the original moved.
+    let _original = match request.parent_id {
+        Some(parent) => match crate::reversal::admit(&shared, parent, request.amount).await {
+            Ok(lock) => Some(lock),
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        },
+        None => None,
     };
     let reservation = match shared.persister.reserve() {
         Ok(reservation) => reservation,
@@ -492,26 +733,42 @@ async fn coordinate(
             return;
         }
     };
-    let strict = shared.config.durability == Durability::Strict;
     tracing::Span::current().record("outcome", record.status.as_str());
     let write = PendingWrite {
-        transaction: Some(record.clone()),
+        transactions: vec![record.clone()],
         effects,
         audit: Vec::new(),
         applied_at: Instant::now(),
         ack: None,
         span: tracing::Span::current(),
     };
+    let durable = persist(&shared, reservation, write, record.clone(), reply).await;
+    if durable && let Some(owner) = owner {
+        owner.finish(&record);
+    }
+}
+
+/// Hand `write` to the persister and answer `reply` with `value` when the caller may
+/// have it: at once in relaxed mode, once durable in strict mode (or "unavailable,
+/// outcome unknown" past the longest wait). Returns once the write is durable (true)
+/// or will never be (false, the engine stopped), whatever was answered.
+pub(crate) async fn persist<T: Clone>(
+    shared: &Arc<Shared>,
+    reservation: Reservation,
+    write: PendingWrite,
+    value: T,
+    reply: Reply<T>,
+) -> bool {
+    let strict = shared.config.durability == Durability::Strict;
     let submitted = Instant::now();
-    let ack = shared
+    let mut ack = shared
         .persister
         .submit(reservation, write, true)
         .expect("an acknowledgement was asked for");
     let mut reply = Some(reply);
     if !strict && let Some(reply) = reply.take() {
-        let _ = reply.send(Ok((record.clone(), false)));
+        let _ = reply.send(Ok((value.clone(), false)));
     }
-    let mut ack = ack;
     let durable_span = tracing::debug_span!("ledger.durable");
     let waited = tokio::time::timeout(shared.config.durable_wait_max, &mut ack)
         .instrument(durable_span.clone())
@@ -524,8 +781,9 @@ async fn coordinate(
                     "the write is not durable yet; retry with the same idempotency key to learn its outcome",
                 )));
             }
-            // Keep the idempotency key claimed until the write is durable, so a retry
-            // waits for this outcome rather than applying the movement again.
+            // Keep what the caller holds (an idempotency key, a hold or reversal lock)
+            // until the write is durable, so a retry waits for this outcome rather than
+            // applying the operation again.
             ack.instrument(durable_span).await.is_ok()
         }
     };
@@ -536,26 +794,55 @@ async fn coordinate(
         .observe(submitted.elapsed().as_secs_f64());
     if let Some(reply) = reply.take() {
         let _ = reply.send(if durable {
-            Ok((record.clone(), false))
+            Ok((value, false))
         } else {
             Err(EngineError::Unavailable(
                 "the engine stopped before the write was durable",
             ))
         });
     }
-    if durable && let Some(owner) = owner {
-        owner.finish(&record);
+    durable
+}
+
+/// A new record of `request`, failed until a step says otherwise.
+pub(crate) fn new_record(request: &MoveRequest, created_at: DateTime<Utc>) -> TransactionRecord {
+    TransactionRecord {
+        id: Uuid::now_v7(),
+        kind: request.kind,
+        status: TransactionStatus::Failed,
+        from: request.from,
+        to: request.to,
+        amount: request.amount,
+        debit: None,
+        credit: None,
+        refund: None,
+        refused_version: None,
+        failure_reason: None,
+        initiator: request.initiator,
+        idempotency_key: request.idempotency_key.clone(),
+        created_at,
+        completed_at: created_at,
+        held_amount: request.hold.map(|_| request.amount),
+        expires_at: request.hold.and_then(|hold| hold.expires_at),
+        parent_id: request.parent_id,
+        batch_id: None,
+        leg: None,
     }
 }
 
-/// Debit, credit, and refund when the credit is refused. Returns the record and the
-/// effects it caused, in the order they were applied.
+/// Debit, credit, and refund when the credit is refused (or, for a hold, reserve on
+/// the source). Returns the record and the effects it caused, in the order they were
+/// applied.
 async fn apply(
     shared: &Arc<Shared>,
     request: &MoveRequest,
 ) -> Result<(TransactionRecord, Vec<AccountEffect>), EngineError> {
     let metrics = &shared.metrics;
     let created_at = shared.clock.now();
+    let mut record = new_record(request, created_at);
+    if request.hold.is_some() {
+        return crate::holds::place(shared, record).await;
+    }
     let step = Instant::now();
     let step_span = tracing::debug_span!("ledger.debit", account = request.from.get());
     let debit = shared
@@ -575,23 +862,6 @@ async fn apply(
         .transfer_step_duration
         .with_label_values(&["debit"])
         .observe(step.elapsed().as_secs_f64());
-    let mut record = TransactionRecord {
-        id: Uuid::now_v7(),
-        kind: request.kind,
-        status: TransactionStatus::Failed,
-        from: request.from,
-        to: request.to,
-        amount: request.amount,
-        debit: None,
-        credit: None,
-        refund: None,
-        refused_version: None,
-        failure_reason: None,
-        initiator: request.initiator,
-        idempotency_key: request.idempotency_key.clone(),
-        created_at,
-        completed_at: created_at,
-    };
     let debited = match debit {
         Ok(effect) => effect,
         Err(StepError::Refused { refusal, version }) => {
@@ -609,14 +879,29 @@ async fn apply(
         }
     };
     record.debit = Some(position(&debited));
+    let effects = credit_or_refund(shared, &mut record, debited, created_at, TransactionStatus::Completed).await;
+    Ok((record, effects))
+}
 
+/// The second half of a movement whose money already left the source: credit the
+/// target, or, when it refuses, refund the source and record `rolled_back` with the
+/// reason. Returns the effects, the source's `debited` first.
+pub(crate) async fn credit_or_refund(
+    shared: &Arc<Shared>,
+    record: &mut TransactionRecord,
+    debited: AccountEffect,
+    debited_at: DateTime<Utc>,
+    success: TransactionStatus,
+) -> Vec<AccountEffect> {
+    let metrics = &shared.metrics;
+    let kind = record.kind.as_str();
     let step = Instant::now();
-    let step_span = tracing::debug_span!("ledger.credit", account = request.to.get());
+    let step_span = tracing::debug_span!("ledger.credit", account = record.to.get());
     let credit = shared
         .ask(
-            request.to,
+            record.to,
             Credit {
-                amount: request.amount,
+                amount: record.amount,
                 at: shared.clock.now(),
                 span: step_span.clone(),
             },
@@ -630,18 +915,15 @@ async fn apply(
         .observe(step.elapsed().as_secs_f64());
     let refusal = match credit {
         Ok(Ok(credited)) => {
-            record.status = TransactionStatus::Completed;
+            record.status = success;
             record.credit = Some(position(&credited));
             record.completed_at = shared.clock.now();
-            metrics
-                .transfers
-                .with_label_values(&[request.kind.as_str(), "completed"])
-                .inc();
+            metrics.transfers.with_label_values(&[kind, "completed"]).inc();
             metrics
                 .amount_moved_minor
-                .with_label_values(&[request.kind.as_str()])
-                .inc_by(request.amount.minor() as u64);
-            return Ok((record, vec![debited, credited]));
+                .with_label_values(&[kind])
+                .inc_by(record.amount.minor() as u64);
+            return vec![debited, credited];
         }
         Ok(Err(StepError::Refused { refusal, .. })) => refusal,
         Ok(Err(StepError::NotFound)) => Refusal::AccountNotFound,
@@ -649,10 +931,10 @@ async fn apply(
     };
 
     let step = Instant::now();
-    let refunded = refund(shared, request.from, request.amount)
+    let refunded = refund(shared, record.from, record.amount, debited_at)
         .instrument(tracing::debug_span!(
             "ledger.refund",
-            account = request.from.get(),
+            account = record.from.get(),
             reason = refusal.code()
         ))
         .await;
@@ -664,22 +946,25 @@ async fn apply(
     record.failure_reason = Some(refusal);
     record.refund = Some(position(&refunded));
     record.completed_at = shared.clock.now();
-    metrics
-        .transfers
-        .with_label_values(&[request.kind.as_str(), "rolled_back"])
-        .inc();
+    metrics.transfers.with_label_values(&[kind, "rolled_back"]).inc();
     metrics.rollbacks.with_label_values(&[refusal.code()]).inc();
-    Ok((record, vec![debited, refunded]))
+    vec![debited, refunded]
 }
 
 /// Give a debit back. The source actor applied the debit and cannot passivate before
 /// that version is durable, which needs this refund, so it is there to receive it;
 /// the loop only covers a send racing with the actor's own start.
-async fn refund(shared: &Arc<Shared>, from: AccountId, amount: Amount) -> AccountEffect {
+pub(crate) async fn refund(
+    shared: &Arc<Shared>,
+    from: AccountId,
+    amount: Amount,
+    debited_at: DateTime<Utc>,
+) -> AccountEffect {
     let mut pause = Duration::from_millis(1);
     loop {
         let message = Refund {
             amount,
+            debited_at,
             at: shared.clock.now(),
             span: tracing::Span::current(),
         };
@@ -694,7 +979,7 @@ async fn refund(shared: &Arc<Shared>, from: AccountId, amount: Amount) -> Accoun
     }
 }
 
-fn position(effect: &AccountEffect) -> JournalPosition {
+pub(crate) fn position(effect: &AccountEffect) -> JournalPosition {
     JournalPosition {
         version: effect.version,
         balance_after: effect.balance,

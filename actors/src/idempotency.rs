@@ -14,8 +14,7 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::watch;
 
 use crate::error::EngineError;
-use crate::money::{AccountId, Amount};
-use crate::record::{TransactionKind, TransactionRecord};
+use crate::record::TransactionRecord;
 use crate::store::Store;
 
 /// How many times a waiter starts over when the request it waited for ended without a
@@ -25,18 +24,17 @@ const CLAIM_ATTEMPTS_MAX: usize = 4;
 /// The longest idempotency key accepted; keys are stored and indexed.
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;
 
-/// What a keyed request asks for; a key reused with a different request is refused.
+/// What a keyed request asks for, hashed; a key reused with a different request is
+/// refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Fingerprint {
-    pub kind: TransactionKind,
-    pub from: AccountId,
-    pub to: AccountId,
-    pub amount: Amount,
-}
+pub(crate) struct Fingerprint(pub u64);
 
 impl Fingerprint {
-    fn matches(&self, record: &TransactionRecord) -> bool {
-        record.same_request(self.kind, self.from, self.to, self.amount)
+    pub fn of(value: &impl std::hash::Hash) -> Fingerprint {
+        use std::hash::Hasher;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut hasher);
+        Fingerprint(hasher.finish())
     }
 }
 
@@ -83,16 +81,19 @@ pub(crate) enum Claim<'a> {
     /// Run the request.
     Owner(Owner<'a>),
     /// The key was used before for this request: here is its outcome.
-    Replay(TransactionRecord),
+    Replay(Box<TransactionRecord>),
 }
 
 impl Idempotency {
+    /// Claim `key` for a request with `fingerprint`. `matches_stored` tells whether a
+    /// transaction stored under the key (before a restart) was made by the same request.
     pub async fn claim(
         &self,
         store: &Store,
         initiator: i64,
         key: &str,
         fingerprint: Fingerprint,
+        matches_stored: impl Fn(&TransactionRecord) -> bool,
     ) -> Result<Claim<'_>, EngineError> {
         let table_key: Key = (initiator, key.to_owned());
         for _ in 0..CLAIM_ATTEMPTS_MAX {
@@ -122,9 +123,9 @@ impl Idempotency {
                     })?;
                     return match earlier {
                         None => Ok(Claim::Owner(owner)),
-                        Some(record) if fingerprint.matches(&record) => {
+                        Some(record) if matches_stored(&record) => {
                             owner.finish(&record);
-                            Ok(Claim::Replay(record))
+                            Ok(Claim::Replay(Box::new(record)))
                         }
                         Some(_) => Err(EngineError::IdempotencyConflict),
                     };
@@ -136,7 +137,7 @@ impl Idempotency {
                 .ok()
                 .and_then(|seen| seen.clone());
             if let Some(record) = outcome {
-                return Ok(Claim::Replay(record));
+                return Ok(Claim::Replay(Box::new(record)));
             }
         }
         Err(EngineError::Unavailable(

@@ -5,6 +5,8 @@
 //! * `actor` / `registry` — one actix actor per active account, activated on demand,
 //!   passivated when idle, spread over one arbiter per core;
 //! * [`engine`] — the public handle and the coordinator (debit → credit → refund);
+//!   `holds` (pending transfers: post, void, expiry), [`batch`] (atomic multi-leg
+//!   batches) and `reversal` build on it;
 //! * [`persister`] — batching group commits with strict or relaxed durability;
 //! * [`store`] — the database behind one interface, including what the service reads
 //!   and writes directly: users, refresh tokens, audit rows, histories and journals.
@@ -13,25 +15,29 @@
 
 pub mod account;
 mod actor;
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod holds;
 mod idempotency;
 pub mod metrics;
 pub mod money;
 pub mod persister;
 pub mod record;
 mod registry;
+mod reversal;
 mod shared;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use account::{AccountEffect, AccountState, AccountStatus, Refusal, StatusChangeRefusal};
+pub use account::{AccountEffect, AccountRules, AccountState, AccountStatus, Refusal, StatusChangeRefusal};
+pub use batch::{BatchOutcome, BatchRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, EngineConfig, Placement};
-pub use engine::{AccountBalance, ActorStats, AuditContext, Engine, MoveRequest};
+pub use engine::{AccountBalance, ActorStats, AuditContext, Engine, HoldTerms, MoveRequest, ReversalRequest};
 pub use error::EngineError;
 pub use idempotency::IDEMPOTENCY_KEY_LENGTH_MAX;
 pub use metrics::EngineMetrics;

@@ -160,7 +160,7 @@ impl EngineMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "tally_transfers_total",
-                        "Transfers, credits and debits by kind and outcome",
+                        "Movements by kind (credit, debit, transfer, reversal, hold, batch) and outcome",
                     ),
                     &["kind", "outcome"],
                 )
@@ -280,19 +280,19 @@ impl EngineMetrics {
     /// Create every series of a bounded label set, so that dashboards and alerts see
     /// zeros (and `rate()` works) before the first event rather than no series at all.
     fn initialize_series(&self) {
-        for kind in ["credit", "debit", "transfer"] {
+        for kind in ["credit", "debit", "transfer", "reversal"] {
             self.amount_moved_minor.with_label_values(&[kind]);
             for outcome in ["completed", "failed", "rolled_back"] {
                 self.transfers.with_label_values(&[kind, outcome]);
             }
         }
-        for reason in [
-            crate::Refusal::AccountFrozen,
-            crate::Refusal::AccountClosed,
-            crate::Refusal::AccountNotFound,
-            crate::Refusal::BalanceOverflow,
-            crate::Refusal::TargetUnavailable,
-        ] {
+        for outcome in ["pending", "failed", "voided", "expired"] {
+            self.transfers.with_label_values(&["hold", outcome]);
+        }
+        for outcome in ["completed", "failed"] {
+            self.transfers.with_label_values(&["batch", outcome]);
+        }
+        for reason in crate::Refusal::ALL {
             self.rollbacks.with_label_values(&[reason.code()]);
         }
         for step in ["debit", "credit", "refund", "durable"] {

@@ -31,13 +31,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use crate::account::AccountEffect;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::metrics::EngineMetrics;
 use crate::money::AccountId;
-use crate::record::{AuditEntry, TransactionRecord};
+use crate::record::{AuditEntry, TransactionRecord, TransactionStatus};
 use crate::store::{Batch, Store};
 
 /// The durable version of every active account: written by the persister after each
@@ -76,9 +77,11 @@ impl std::fmt::Debug for ListenerSlot {
 /// One change handed to the persister.
 #[derive(Debug)]
 pub(crate) struct PendingWrite {
-    pub transaction: Option<TransactionRecord>,
-    /// The accounts as they are right after each change this write made (zero to three:
-    /// debit, credit, refund, or one status change).
+    /// The transactions this write records: one for a movement, one per leg for an
+    /// atomic batch, none for a change of status or rules.
+    pub transactions: Vec<TransactionRecord>,
+    /// The accounts as they are right after each change this write made, in the order
+    /// they were made (debit, credit, refund; a status change; the legs of a batch).
     pub effects: Vec<AccountEffect>,
     pub audit: Vec<AuditEntry>,
     pub applied_at: Instant,
@@ -535,7 +538,7 @@ fn touched_accounts(writes: &[PendingWrite]) -> Vec<AccountId> {
     let mut accounts: Vec<AccountId> = writes
         .iter()
         .flat_map(|write| {
-            let parties = write.transaction.iter().flat_map(|record| [record.from, record.to]);
+            let parties = write.transactions.iter().flat_map(|record| [record.from, record.to]);
             parties.chain(write.effects.iter().map(|effect| effect.account))
         })
         .collect();
@@ -548,9 +551,24 @@ fn touched_accounts(writes: &[PendingWrite]) -> Vec<AccountId> {
 /// account only its latest state.
 fn build_batch(writes: &[PendingWrite]) -> Batch {
     let mut latest: HashMap<AccountId, AccountEffect> = HashMap::new();
+    let mut records: HashMap<Uuid, usize> = HashMap::new();
     let mut batch = Batch::default();
     for write in writes {
-        batch.transactions.extend(write.transaction.iter().cloned());
+        for record in &write.transactions {
+            // A hold placed and then posted or voided before its placement was written
+            // is one row: the final state supersedes the pending one.
+            match records.get(&record.id) {
+                Some(&index) => {
+                    if batch.transactions[index].status == TransactionStatus::Pending {
+                        batch.transactions[index] = record.clone();
+                    }
+                }
+                None => {
+                    records.insert(record.id, batch.transactions.len());
+                    batch.transactions.push(record.clone());
+                }
+            }
+        }
         batch.audit.extend(write.audit.iter().cloned());
         for effect in &write.effects {
             latest
@@ -667,13 +685,15 @@ mod tests {
             balance: 0,
             held: 0,
             status: AccountStatus::Active,
+            rules: Default::default(),
+            usage: Default::default(),
             at: Utc::now(),
         }
     }
 
     fn write(effects: &[(i64, u64)]) -> PendingWrite {
         PendingWrite {
-            transaction: None,
+            transactions: Vec::new(),
             effects: effects
                 .iter()
                 .map(|&(account, version)| effect(account, version))

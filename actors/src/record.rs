@@ -20,6 +20,8 @@ pub enum TransactionKind {
     Credit,
     Debit,
     Transfer,
+    /// Gives back (part of) an earlier transaction: from its target to its source.
+    Reversal,
 }
 
 impl TransactionKind {
@@ -28,6 +30,7 @@ impl TransactionKind {
             TransactionKind::Credit => "credit",
             TransactionKind::Debit => "debit",
             TransactionKind::Transfer => "transfer",
+            TransactionKind::Reversal => "reversal",
         }
     }
 
@@ -36,6 +39,7 @@ impl TransactionKind {
             "credit" => Some(TransactionKind::Credit),
             "debit" => Some(TransactionKind::Debit),
             "transfer" => Some(TransactionKind::Transfer),
+            "reversal" => Some(TransactionKind::Reversal),
             _ => None,
         }
     }
@@ -51,6 +55,12 @@ pub enum TransactionStatus {
     RolledBack,
     /// Refused at the debit: nothing moved.
     Failed,
+    /// A hold: the amount is reserved on the source, not moved yet.
+    Pending,
+    /// A hold captured: the posted amount moved, the rest was released.
+    Posted,
+    /// A hold released (voided, or expired): nothing moved.
+    Voided,
 }
 
 impl TransactionStatus {
@@ -59,6 +69,9 @@ impl TransactionStatus {
             TransactionStatus::Completed => "completed",
             TransactionStatus::RolledBack => "rolled_back",
             TransactionStatus::Failed => "failed",
+            TransactionStatus::Pending => "pending",
+            TransactionStatus::Posted => "posted",
+            TransactionStatus::Voided => "voided",
         }
     }
 
@@ -67,6 +80,9 @@ impl TransactionStatus {
             "completed" => Some(TransactionStatus::Completed),
             "rolled_back" => Some(TransactionStatus::RolledBack),
             "failed" => Some(TransactionStatus::Failed),
+            "pending" => Some(TransactionStatus::Pending),
+            "posted" => Some(TransactionStatus::Posted),
+            "voided" => Some(TransactionStatus::Voided),
             _ => None,
         }
     }
@@ -96,9 +112,9 @@ pub struct TransactionRecord {
     pub credit: Option<JournalPosition>,
     /// The source right after the refund (present only when rolled back).
     pub refund: Option<JournalPosition>,
-    /// For a debit the source refused: its version at that moment, which places the
-    /// failed attempt in the source's history (it moved nothing, so it is not a journal
-    /// entry).
+    /// The source's version where an attempt that moved no money sits in its history:
+    /// a refused debit (the version it was refused at), a hold (the version that reserved
+    /// it). It is not a journal entry.
     pub refused_version: Option<u64>,
     pub failure_reason: Option<Refusal>,
     /// The user on whose behalf the transaction was requested; idempotency keys are
@@ -107,9 +123,24 @@ pub struct TransactionRecord {
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: DateTime<Utc>,
+    /// For a hold: the amount reserved when it was placed (`amount` becomes the posted
+    /// amount when a partial post captures less).
+    pub held_amount: Option<Amount>,
+    /// For a hold: when the engine voids it if it is still pending.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// For a reversal: the transaction it reverses.
+    pub parent_id: Option<Uuid>,
+    /// For a leg of an atomic batch: the batch and the leg's place in it.
+    pub batch_id: Option<Uuid>,
+    pub leg: Option<u32>,
 }
 
 impl TransactionRecord {
+    /// Whether money moved: a completed transfer or a posted hold.
+    pub fn moved_money(&self) -> bool {
+        matches!(self.status, TransactionStatus::Completed | TransactionStatus::Posted)
+    }
+
     /// The source's balance once the transaction ended.
     pub fn from_balance_after(&self) -> Option<i64> {
         self.refund.or(self.debit).map(|position| position.balance_after)
@@ -118,12 +149,6 @@ impl TransactionRecord {
     /// The target's balance once the transaction ended.
     pub fn to_balance_after(&self) -> Option<i64> {
         self.credit.map(|position| position.balance_after)
-    }
-
-    /// Whether `other` asks for the same movement as this record; an idempotency key
-    /// reused for a different movement is a client error.
-    pub fn same_request(&self, kind: TransactionKind, from: AccountId, to: AccountId, amount: Amount) -> bool {
-        self.kind == kind && self.from == from && self.to == to && self.amount == amount
     }
 }
 

@@ -2,12 +2,16 @@
 //! actors, the durable versions, the persister and the idempotency table. Held in one
 //! `Arc` by the engine handle, every coordinator task and every account actor.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
-use tokio::sync::Notify;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use tokio::sync::{Notify, OwnedMutexGuard};
+use uuid::Uuid;
 
 use crate::actor::AccountActor;
 use crate::clock::Clock;
@@ -31,6 +35,14 @@ pub(crate) struct Shared {
     pub persister: Persister,
     pub durable_listener: crate::persister::ListenerSlot,
     pub idempotency: Idempotency,
+    /// Operations on one transaction (settling a hold, reversing a transaction) run one
+    /// at a time, each until durable.
+    pub locks: KeyedLocks,
+    /// Open holds placed since the engine started, by id, with their source account
+    /// (older ones are found in the store).
+    pub open_holds: DashMap<Uuid, AccountId>,
+    /// Open holds with an expiry, soonest first: (expiry, hold, source account).
+    pub expiries: Mutex<BTreeSet<(DateTime<Utc>, Uuid, AccountId)>>,
     /// Set when shutting down: no new operation starts.
     pub closing: AtomicBool,
     /// Operations started and not finished; shutdown waits for zero.
@@ -75,5 +87,45 @@ pub(crate) struct InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.shared.leave();
+    }
+}
+
+/// One async lock per key, created on demand and dropped when nobody holds or waits
+/// for it.
+#[derive(Debug, Default)]
+pub(crate) struct KeyedLocks {
+    locks: DashMap<Uuid, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Shared {
+    /// Wait for and take the lock of `key`.
+    pub async fn lock_key(self: &Arc<Self>, key: Uuid) -> KeyGuard {
+        // Cloned under the map's shard lock, so a lock being released cannot be removed
+        // while someone is about to wait on it.
+        let lock = self.locks.locks.entry(key).or_default().clone();
+        let guard = lock.lock_owned().await;
+        KeyGuard {
+            shared: self.clone(),
+            key,
+            guard: Some(guard),
+        }
+    }
+}
+
+/// A held key lock; released on drop.
+#[derive(Debug)]
+pub(crate) struct KeyGuard {
+    shared: Arc<Shared>,
+    key: Uuid,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.shared
+            .locks
+            .locks
+            .remove_if(&self.key, |_, lock| Arc::strong_count(lock) == 1);
     }
 }

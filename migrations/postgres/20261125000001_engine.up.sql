@@ -15,7 +15,7 @@ INSERT INTO balances (user_id) VALUES (0);
 
 CREATE TABLE transactions (
     id                   UUID PRIMARY KEY,
-    type                 TEXT NOT NULL CHECK (type IN ('credit', 'debit', 'transfer')),
+    type                 TEXT NOT NULL CHECK (type IN ('credit', 'debit', 'transfer', 'reversal')),
     status               TEXT NOT NULL
                          CHECK (status IN ('completed', 'rolled_back', 'failed', 'pending', 'posted', 'voided')),
     from_user_id         BIGINT NOT NULL,

@@ -3,7 +3,7 @@
 
 use actix_web::http::header::HeaderValue;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_actors::{
@@ -42,9 +42,71 @@ pub struct TransferBody {
     pub to_user_id: i64,
     #[schema(value_type = String, example = "12.34")]
     pub amount: Box<RawValue>,
+    /// Place a hold instead: the amount is reserved on the source and moves only when
+    /// the hold is posted (`POST /transactions/{id}/post`).
+    #[serde(default)]
+    pub pending: bool,
+    /// For a hold: void it this many seconds from now if still pending (1 to 31 days).
+    pub expires_in: Option<i64>,
+    /// For a hold: void it at this time (RFC 3339, in the future) if still pending.
+    pub expires_at: Option<String>,
 }
 
-fn field<T>(name: &str, parsed: Result<T, String>, errors: &mut Vec<FieldError>) -> Option<T> {
+/// The longest a hold may wait for its post.
+pub const HOLD_EXPIRY_MAX_SECONDS: i64 = 31 * 24 * 3600;
+
+/// When a hold expires, from `expires_in` or `expires_at` (at most one of them).
+fn hold_expiry(body: &TransferBody, now: DateTime<Utc>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
+    if !body.pending {
+        for (name, given) in [
+            ("expires_in", body.expires_in.is_some()),
+            ("expires_at", body.expires_at.is_some()),
+        ] {
+            if given {
+                errors.push(FieldError::new(name, "applies only to a hold (\"pending\": true)"));
+            }
+        }
+        return None;
+    }
+    match (body.expires_in, &body.expires_at) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new("expires_at", "give expires_in or expires_at, not both"));
+            None
+        }
+        (Some(seconds), None) => {
+            if (1..=HOLD_EXPIRY_MAX_SECONDS).contains(&seconds) {
+                Some(now + chrono::TimeDelta::seconds(seconds))
+            } else {
+                errors.push(FieldError::new(
+                    "expires_in",
+                    format!("must be 1 to {HOLD_EXPIRY_MAX_SECONDS} seconds"),
+                ));
+                None
+            }
+        }
+        (None, Some(text)) => match DateTime::parse_from_rfc3339(text) {
+            Ok(at) => {
+                let at = at.with_timezone(&Utc);
+                if at <= now {
+                    errors.push(FieldError::new("expires_at", "must be in the future"));
+                    None
+                } else if at > now + chrono::TimeDelta::seconds(HOLD_EXPIRY_MAX_SECONDS) {
+                    errors.push(FieldError::new("expires_at", "must be within 31 days"));
+                    None
+                } else {
+                    Some(at.trunc_subsecs(6))
+                }
+            }
+            Err(_) => {
+                errors.push(FieldError::new("expires_at", "must be an RFC 3339 time"));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+pub(crate) fn field<T>(name: &str, parsed: Result<T, String>, errors: &mut Vec<FieldError>) -> Option<T> {
     parsed
         .map_err(|message| errors.push(FieldError::new(name, message)))
         .ok()
@@ -58,9 +120,15 @@ async fn run(engine: &Engine, caller: &AuthUser, request: MoveRequest) -> Result
     respond(&record, replayed, caller)
 }
 
-fn respond(record: &TransactionRecord, replayed: bool, caller: &AuthUser) -> Result<HttpResponse, ApiError> {
+pub(crate) fn respond(record: &TransactionRecord, replayed: bool, caller: &AuthUser) -> Result<HttpResponse, ApiError> {
     let view = TransactionView::for_viewer(record, caller);
-    if record.status == TransactionStatus::Completed {
+    if matches!(
+        record.status,
+        TransactionStatus::Completed
+            | TransactionStatus::Pending
+            | TransactionStatus::Posted
+            | TransactionStatus::Voided
+    ) {
         let mut response = HttpResponse::Created();
         if replayed {
             response.insert_header((REPLAYED_HEADER, HeaderValue::from_static("true")));
@@ -82,7 +150,11 @@ fn respond(record: &TransactionRecord, replayed: bool, caller: &AuthUser) -> Res
     Err(error)
 }
 
-fn move_request(request: MoveRequest, caller: &AuthUser, http: &HttpRequest) -> Result<MoveRequest, ApiError> {
+pub(crate) fn move_request(
+    request: MoveRequest,
+    caller: &AuthUser,
+    http: &HttpRequest,
+) -> Result<MoveRequest, ApiError> {
     let mut request = request.initiated_by(caller.id.get());
     if let Some(key) = idempotency_key(http)? {
         request = request.idempotency_key(key);
@@ -186,13 +258,18 @@ pub async fn transfer(
     let from = field("from_user_id", parse_user_id(body.from_user_id), &mut errors);
     let to = field("to_user_id", parse_user_id(body.to_user_id), &mut errors);
     let amount = field("amount", parse_amount(&body.amount), &mut errors);
-    let (Some(from), Some(to), Some(amount)) = (from, to, amount) else {
+    let expires_at = hold_expiry(&body, engine.now(), &mut errors);
+    let (Some(from), Some(to), Some(amount), true) = (from, to, amount, errors.is_empty()) else {
         return Err(ApiError::validation(errors));
     };
     if !caller.may_act_for(from) {
         return Err(ApiError::forbidden("You may only transfer from your own account"));
     }
-    let request = move_request(MoveRequest::transfer(from, to, amount), &caller, &http)?;
+    let mut request = MoveRequest::transfer(from, to, amount);
+    if body.pending {
+        request = request.pending(expires_at);
+    }
+    let request = move_request(request, &caller, &http)?;
     run(&engine, &caller, request).await
 }
 
@@ -217,7 +294,8 @@ pub async fn by_id(
 ) -> Result<HttpResponse, ApiError> {
     let id =
         Uuid::parse_str(&path).map_err(|_| ApiError::invalid_parameter("id", "must be a transaction id (UUID)"))?;
-    // A stored transaction never changes, so its cache entry needs no invalidation.
+    // A stored transaction never changes once settled, so its cache entry needs no
+    // invalidation; a pending hold is not cached (it will be posted or voided).
     let key = cache.key(Kind::Transaction, &id.to_string());
     let record: Option<TransactionRecord> = match cache.get(Kind::Transaction, &key).await {
         Some(record) => Some(record),
@@ -226,7 +304,10 @@ pub async fn by_id(
                 engine.store().transaction(id).await.map_err(|error| {
                     ApiError::new(Code::Unavailable, "The store could not be read").with_cause(error)
                 })?;
-            if let Some(record) = &record {
+            if let Some(record) = record
+                .as_ref()
+                .filter(|record| record.status != TransactionStatus::Pending)
+            {
                 cache.put(key, record);
             }
             record
@@ -248,10 +329,10 @@ pub async fn by_id(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryParams {
-    /// `credit`, `debit` or `transfer`.
+    /// `credit`, `debit`, `transfer` or `reversal`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
-    /// `completed`, `failed` or `rolled_back`.
+    /// `completed`, `failed`, `rolled_back`, `pending`, `posted` or `voided`.
     pub status: Option<String>,
     /// Created at or after this time (RFC 3339).
     #[serde(default, deserialize_with = "from_str_opt")]
@@ -285,15 +366,19 @@ async fn history_of(
         .as_deref()
         .map(|kind| {
             TransactionKind::parse(kind)
-                .ok_or_else(|| ApiError::invalid_parameter("type", "must be credit, debit or transfer"))
+                .ok_or_else(|| ApiError::invalid_parameter("type", "must be credit, debit, transfer or reversal"))
         })
         .transpose()?;
     let status = params
         .status
         .as_deref()
         .map(|status| {
-            TransactionStatus::parse(status)
-                .ok_or_else(|| ApiError::invalid_parameter("status", "must be completed, failed or rolled_back"))
+            TransactionStatus::parse(status).ok_or_else(|| {
+                ApiError::invalid_parameter(
+                    "status",
+                    "must be completed, failed, rolled_back, pending, posted or voided",
+                )
+            })
         })
         .transpose()?;
     if let (Some(from), Some(to)) = (params.from, params.to)

@@ -48,11 +48,11 @@ impl From<&UserRecord> for UserView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TransactionView {
     pub id: Uuid,
-    /// `credit`, `debit` or `transfer`.
+    /// `credit`, `debit`, `transfer` or `reversal`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// `completed`, `failed` (refused at the debit) or `rolled_back` (the credit was
-    /// refused and the debit refunded).
+    /// `completed`, `failed` (refused at the debit), `rolled_back` (the credit was
+    /// refused and the debit refunded); for holds `pending`, `posted` or `voided`.
     pub status: String,
     /// A decimal string, e.g. "12.34".
     pub amount: String,
@@ -66,6 +66,20 @@ pub struct TransactionView {
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: DateTime<Utc>,
+    /// For a hold: the amount reserved when it was placed (`amount` is what was posted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_amount: Option<String>,
+    /// For a hold: when the engine voids it if it is still pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// For a reversal: the transaction it gives back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reversal_of: Option<Uuid>,
+    /// For a leg of an atomic batch: the batch, and the leg's place in it (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<u32>,
 }
 
 fn user_side(account: AccountId) -> Option<i64> {
@@ -91,6 +105,11 @@ impl TransactionView {
             failure_reason: record.failure_reason.map(|reason| reason.code().to_string()),
             created_at: record.created_at,
             completed_at: record.completed_at,
+            held_amount: record.held_amount.map(|held| format_minor(held.minor())),
+            expires_at: record.expires_at,
+            reversal_of: record.parent_id,
+            batch_id: record.batch_id,
+            leg: record.leg,
         }
     }
 }

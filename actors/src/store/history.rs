@@ -179,8 +179,8 @@ impl Side {
     }
 
     /// The column holding the account's position: for the source its debit version,
-    /// or the version a refused debit was refused at; for the target its credit
-    /// version, set only when the credit happened.
+    /// or the version a refused debit was refused at or a hold was placed at; for the
+    /// target its credit version, set only when the credit happened.
     fn position_column(self) -> &'static str {
         match self {
             Side::Source => "from_version",
@@ -199,6 +199,11 @@ impl Side {
     /// external account is only ever the source of credits and the target of debits,
     /// a user account never the other way round (the engine refuses such requests).
     fn allows(self, account: AccountId, kind: TransactionKind) -> bool {
+        if kind == TransactionKind::Reversal {
+            // A reversal runs its original backwards: of a credit, it has the external
+            // account as target; of a debit, as source.
+            return true;
+        }
         let external_kind = match self {
             Side::Source => TransactionKind::Credit,
             Side::Target => TransactionKind::Debit,
@@ -216,10 +221,14 @@ pub(super) fn history_statement(query: &HistoryQuery, dialect: Dialect) -> Optio
     let sides: Vec<Side> = [Side::Source, Side::Target]
         .into_iter()
         .filter(|side| query.kind.is_none_or(|kind| side.allows(query.account, kind)))
-        // Only a completed transaction credited its target: a failed or rolled-back
-        // one moved nothing there, so it is in the source's history alone.
+        // Only a completed transaction or a posted hold credited its target: a failed,
+        // rolled-back, pending or voided one moved nothing there, so it is in the
+        // source's history alone.
         .filter(|side| {
-            *side == Side::Source || query.status.is_none_or(|status| status == TransactionStatus::Completed)
+            *side == Side::Source
+                || query
+                    .status
+                    .is_none_or(|status| matches!(status, TransactionStatus::Completed | TransactionStatus::Posted))
         })
         .collect();
     if sides.is_empty() {

@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::account::{AccountEffect, AccountState, AccountStatus, Refusal};
+use crate::account::{AccountEffect, AccountRules, AccountState, AccountStatus, DailyUsage, Refusal};
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::StoreMetrics;
 use crate::money::{AccountId, Amount};
@@ -93,8 +93,10 @@ pub enum StoreKind {
 pub enum Violation {
     /// The balances, the external account included, do not sum to zero.
     Conservation { sum: i128 },
-    /// A user account is below zero.
+    /// A user account is below zero by more than its overdraft limit.
     NegativeBalance { account: i64, balance: i64 },
+    /// An account's held amount differs from the sum of its open holds.
+    HeldMismatch { account: i64, held: i64, open_holds: i64 },
     /// An account's balance differs from the sum of its journal deltas.
     BalanceMismatch {
         account: i64,
@@ -120,8 +122,19 @@ impl fmt::Display for Violation {
                 write!(f, "conservation: all balances sum to {sum}, not 0")
             }
             Violation::NegativeBalance { account, balance } => {
-                write!(f, "negative balance: account {account} holds {balance}")
+                write!(
+                    f,
+                    "negative balance: account {account} holds {balance}, beyond its overdraft limit"
+                )
             }
+            Violation::HeldMismatch {
+                account,
+                held,
+                open_holds,
+            } => write!(
+                f,
+                "held mismatch: account {account} holds {held} back but its open holds sum to {open_holds}"
+            ),
             Violation::BalanceMismatch {
                 account,
                 balance,
@@ -308,17 +321,7 @@ impl Store {
                 Backend::Postgres(store) => store.load_account(id).await?,
                 Backend::Sqlite(store) => store.load_account(id).await?,
             };
-            row.map(|(balance, held, status, version)| {
-                Ok(AccountState {
-                    id,
-                    balance,
-                    held,
-                    status: AccountStatus::parse(&status)
-                        .with_context(|| format!("account {id} has unknown status {status:?}"))?,
-                    version: u64::try_from(version).context("negative account version")?,
-                })
-            })
-            .transpose()
+            row.map(|raw| raw.into_state(id)).transpose()
         })
         .await
     }
@@ -361,6 +364,46 @@ impl Store {
                 Backend::Sqlite(store) => store.find_by_idempotency_key(initiator, key).await?,
             };
             raw.map(RawTransaction::into_record).transpose()
+        })
+        .await
+    }
+
+    /// The legs of the atomic batch `batch`, in leg order.
+    pub async fn batch_legs(&self, batch: Uuid) -> anyhow::Result<Vec<TransactionRecord>> {
+        self.observed("batch_legs", async {
+            self.faults.check_read()?;
+            let raws = match &self.backend {
+                Backend::Postgres(store) => store.batch_legs(batch).await?,
+                Backend::Sqlite(store) => store.batch_legs(batch).await?,
+            };
+            raws.into_iter().map(RawTransaction::into_record).collect()
+        })
+        .await
+    }
+
+    /// How much of `original` completed reversals have given back so far.
+    pub async fn reversed_total(&self, original: Uuid) -> anyhow::Result<i64> {
+        self.observed("reversed_total", async {
+            self.faults.check_read()?;
+            match &self.backend {
+                Backend::Postgres(store) => store.reversed_total(original).await,
+                Backend::Sqlite(store) => store.reversed_total(original).await,
+            }
+        })
+        .await
+    }
+
+    /// Every open hold with an expiry: (expiry, hold, source account), soonest first.
+    pub async fn expiring_holds(&self) -> anyhow::Result<Vec<(DateTime<Utc>, Uuid, AccountId)>> {
+        self.observed("expiring_holds", async {
+            self.faults.check_read()?;
+            let rows = match &self.backend {
+                Backend::Postgres(store) => store.expiring_holds().await?,
+                Backend::Sqlite(store) => store.expiring_holds().await?,
+            };
+            rows.into_iter()
+                .map(|(at, id, account)| Ok((at, id, AccountId::new(account)?)))
+                .collect()
         })
         .await
     }
@@ -805,12 +848,28 @@ const JOURNAL_ENTRIES: &str = "
 /// Turns one result row `(account, a, b)` of a verify query into its violation.
 type MakeViolation = fn(i64, i64, i64) -> Violation;
 
-fn verify_queries(limit: i64) -> [(MakeViolation, String); 5] {
+fn verify_queries(limit: i64) -> [(MakeViolation, String); 6] {
     [
         (
             |account, balance, _| Violation::NegativeBalance { account, balance },
             format!(
-                "SELECT user_id, amount, 0 FROM balances WHERE user_id <> 0 AND amount < 0 ORDER BY user_id LIMIT {limit}"
+                "SELECT user_id, amount, 0 FROM balances
+                  WHERE user_id <> 0 AND amount < -overdraft_limit ORDER BY user_id LIMIT {limit}"
+            ),
+        ),
+        (
+            |account, held, open_holds| Violation::HeldMismatch {
+                account,
+                held,
+                open_holds,
+            },
+            format!(
+                "WITH open_holds AS (SELECT from_user_id AS account, SUM(amount) AS total
+                                       FROM transactions WHERE status = 'pending' GROUP BY from_user_id)
+                 SELECT b.user_id, b.held, COALESCE(h.total, 0)
+                   FROM balances b LEFT JOIN open_holds h ON h.account = b.user_id
+                  WHERE b.held <> COALESCE(h.total, 0)
+                  ORDER BY b.user_id LIMIT {limit}"
             ),
         ),
         (
@@ -885,11 +944,88 @@ struct RawTransaction {
     idempotency_key: Option<String>,
     created_at: DateTime<Utc>,
     completed_at: DateTime<Utc>,
+    held_amount: Option<i64>,
+    expires_at: Option<DateTime<Utc>>,
+    parent_id: Option<Uuid>,
+    batch_id: Option<Uuid>,
+    leg: Option<i64>,
 }
 
 const TRANSACTION_COLUMNS: &str = "id, type, status, from_user_id, to_user_id, amount, \
     from_version, from_balance_after, to_version, to_balance_after, refund_version, refund_balance_after, \
-    failure_reason, initiator_id, idempotency_key, created_at, completed_at";
+    failure_reason, initiator_id, idempotency_key, created_at, completed_at, held_amount, expires_at, \
+    parent_id, batch_id, leg";
+
+/// A balances row as read, with the account's open holds.
+#[derive(Debug)]
+struct RawAccount {
+    balance: i64,
+    held: i64,
+    status: String,
+    version: i64,
+    overdraft_limit: i64,
+    max_balance: Option<i64>,
+    daily_debit_cap: Option<i64>,
+    debit_day: i64,
+    debited_on_day: i64,
+    holds: Vec<RawTransaction>,
+}
+
+/// The balances columns both stores read.
+type AccountRow = (i64, i64, String, i64, i64, Option<i64>, Option<i64>, i64, i64);
+
+impl RawAccount {
+    fn from_row(row: AccountRow, holds: Vec<RawTransaction>) -> Self {
+        let (balance, held, status, version, overdraft_limit, max_balance, daily_debit_cap, debit_day, debited_on_day) =
+            row;
+        RawAccount {
+            balance,
+            held,
+            status,
+            version,
+            overdraft_limit,
+            max_balance,
+            daily_debit_cap,
+            debit_day,
+            debited_on_day,
+            holds,
+        }
+    }
+
+    fn into_state(self, id: AccountId) -> anyhow::Result<AccountState> {
+        let holds = self
+            .holds
+            .into_iter()
+            .map(|raw| raw.into_record().map(|record| (record.id, record)))
+            .collect::<anyhow::Result<std::collections::BTreeMap<_, _>>>()?;
+        let open: i64 = holds.values().map(|hold| hold.amount.minor()).sum();
+        anyhow::ensure!(
+            open == self.held,
+            "account {id} holds {} but its open holds sum to {open}",
+            self.held
+        );
+        Ok(AccountState {
+            id,
+            balance: self.balance,
+            held: self.held,
+            status: AccountStatus::parse(&self.status)
+                .with_context(|| format!("account {id} has unknown status {:?}", self.status))?,
+            version: u64::try_from(self.version).context("negative account version")?,
+            rules: AccountRules {
+                overdraft_limit: self.overdraft_limit,
+                max_balance: self.max_balance,
+                daily_debit_cap: self.daily_debit_cap,
+            },
+            usage: DailyUsage {
+                day: self.debit_day,
+                debited: self.debited_on_day,
+            },
+            holds,
+            reserved: 0,
+            incoming: 0,
+        })
+    }
+}
 
 fn position(version: Option<i64>, balance_after: Option<i64>) -> anyhow::Result<Option<JournalPosition>> {
     match (version, balance_after) {
@@ -930,6 +1066,11 @@ impl RawTransaction {
             idempotency_key: self.idempotency_key,
             created_at: self.created_at,
             completed_at: self.completed_at,
+            held_amount: self.held_amount.map(Amount::from_minor).transpose()?,
+            expires_at: self.expires_at,
+            parent_id: self.parent_id,
+            batch_id: self.batch_id,
+            leg: self.leg.map(u32::try_from).transpose().context("negative leg")?,
         })
     }
 }

@@ -14,11 +14,12 @@ use uuid::Uuid;
 
 use super::history::{Param, Statement};
 use super::{
-    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
-    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries, version_i64,
+    AccountRow, Batch, NewUser, RawAccount, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
+    TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
+    version_i64,
 };
-use crate::money::AccountId;
-use crate::record::AuditEntry;
+use crate::money::{AccountId, Amount};
+use crate::record::{AuditEntry, TransactionRecord};
 
 type AuditRow = (
     Uuid,
@@ -55,24 +56,38 @@ WITH new_transactions AS (
     INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount,
                               from_version, from_balance_after, to_version, to_balance_after,
                               refund_version, refund_balance_after, failure_reason,
-                              initiator_id, idempotency_key, created_at, completed_at)
+                              initiator_id, idempotency_key, created_at, completed_at,
+                              held_amount, expires_at, parent_id, batch_id, leg)
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
                          $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-                         $13::text[], $14::int8[], $15::text[], $16::timestamptz[], $17::timestamptz[])
-    ON CONFLICT (id) DO NOTHING
+                         $13::text[], $14::int8[], $15::text[], $16::timestamptz[], $17::timestamptz[],
+                         $18::int8[], $19::timestamptz[], $20::uuid[], $21::uuid[], $22::int4[])
+    -- A hold is written again when it is posted or voided; any other row never changes
+    -- (so writing a batch again is harmless).
+    ON CONFLICT (id) DO UPDATE
+       SET status = EXCLUDED.status, amount = EXCLUDED.amount,
+           from_version = EXCLUDED.from_version, from_balance_after = EXCLUDED.from_balance_after,
+           to_version = EXCLUDED.to_version, to_balance_after = EXCLUDED.to_balance_after,
+           refund_version = EXCLUDED.refund_version, refund_balance_after = EXCLUDED.refund_balance_after,
+           failure_reason = EXCLUDED.failure_reason, completed_at = EXCLUDED.completed_at
+     WHERE transactions.status = 'pending' AND EXCLUDED.status <> 'pending'
     RETURNING 1
 ), updated_balances AS (
     UPDATE balances AS b
        SET amount = u.amount, held = u.held, status = u.status, version = u.version,
-           last_updated_at = u.updated_at
-      FROM UNNEST($18::int8[], $19::int8[], $20::int8[], $21::text[], $22::int8[], $23::timestamptz[])
-           AS u(user_id, amount, held, status, version, updated_at)
+           last_updated_at = u.updated_at, overdraft_limit = u.overdraft_limit,
+           max_balance = u.max_balance, daily_debit_cap = u.daily_debit_cap,
+           debit_day = u.debit_day, debited_on_day = u.debited_on_day
+      FROM UNNEST($23::int8[], $24::int8[], $25::int8[], $26::text[], $27::int8[], $28::timestamptz[],
+                  $29::int8[], $30::int8[], $31::int8[], $32::int8[], $33::int8[])
+           AS u(user_id, amount, held, status, version, updated_at, overdraft_limit, max_balance,
+                daily_debit_cap, debit_day, debited_on_day)
      WHERE b.user_id = u.user_id AND b.version < u.version
     RETURNING 1
 ), new_audit AS (
     INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
-    SELECT * FROM UNNEST($24::uuid[], $25::text[], $26::text[], $27::text[], $28::int8[], $29::jsonb[],
-                         $30::text[], $31::timestamptz[])
+    SELECT * FROM UNNEST($34::uuid[], $35::text[], $36::text[], $37::text[], $38::int8[], $39::jsonb[],
+                         $40::text[], $41::timestamptz[])
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 )
@@ -206,20 +221,35 @@ impl PgStore {
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<(i64, i64, String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT amount, held, status, version FROM balances WHERE user_id = $1")
-                .bind(id.get())
-                .fetch_optional(&self.pool)
-                .await?,
+    pub(super) async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<RawAccount>> {
+        let row: Option<AccountRow> = sqlx::query_as(
+            "SELECT amount, held, status, version, overdraft_limit, max_balance, daily_debit_cap, debit_day, \
+                    debited_on_day FROM balances WHERE user_id = $1",
         )
+        .bind(id.get())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let sql =
+            format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE from_user_id = $1 AND status = 'pending'");
+        let holds = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.get())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(raw_transaction)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(RawAccount::from_row(row, holds)))
     }
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
         let transactions = &batch.transactions;
-        let column = |f: &dyn Fn(&crate::record::TransactionRecord) -> Option<i64>| -> Vec<Option<i64>> {
+        let column = |f: &dyn Fn(&TransactionRecord) -> Option<i64>| -> Vec<Option<i64>> {
             transactions.iter().map(f).collect()
         };
+        let balances = &batch.balances;
         let audit = AuditColumns::of(&batch.audit);
         sqlx::query(WRITE_BATCH)
             .bind(transactions.iter().map(|t| t.id).collect::<Vec<Uuid>>())
@@ -251,18 +281,27 @@ impl PgStore {
             )
             .bind(transactions.iter().map(|t| t.created_at).collect::<Vec<_>>())
             .bind(transactions.iter().map(|t| t.completed_at).collect::<Vec<_>>())
-            .bind(batch.balances.iter().map(|b| b.account.get()).collect::<Vec<_>>())
-            .bind(batch.balances.iter().map(|b| b.balance).collect::<Vec<_>>())
-            .bind(batch.balances.iter().map(|b| b.held).collect::<Vec<_>>())
-            .bind(batch.balances.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
+            .bind(column(&|t| t.held_amount.map(Amount::minor)))
+            .bind(transactions.iter().map(|t| t.expires_at).collect::<Vec<_>>())
+            .bind(transactions.iter().map(|t| t.parent_id).collect::<Vec<_>>())
+            .bind(transactions.iter().map(|t| t.batch_id).collect::<Vec<_>>())
             .bind(
-                batch
-                    .balances
+                transactions
                     .iter()
-                    .map(|b| version_i64(b.version))
+                    .map(|t| t.leg.map(|leg| leg as i32))
                     .collect::<Vec<_>>(),
             )
-            .bind(batch.balances.iter().map(|b| b.at).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.account.get()).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.balance).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.held).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| version_i64(b.version)).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.at).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.rules.overdraft_limit).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.rules.max_balance).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.rules.daily_debit_cap).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.usage.day).collect::<Vec<_>>())
+            .bind(balances.iter().map(|b| b.usage.debited).collect::<Vec<_>>())
             .bind(audit.ids)
             .bind(audit.entity_types)
             .bind(audit.entity_ids)
@@ -301,6 +340,33 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| raw_transaction(&row)).transpose()
+    }
+
+    pub(super) async fn batch_legs(&self, batch: Uuid) -> anyhow::Result<Vec<RawTransaction>> {
+        let sql = format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE batch_id = $1 ORDER BY leg");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(batch)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(raw_transaction).collect()
+    }
+
+    pub(super) async fn reversed_total(&self, original: Uuid) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(SUM(amount), 0)::int8 FROM transactions WHERE parent_id = $1 AND status = 'completed'",
+        )
+        .bind(original)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn expiring_holds(&self) -> anyhow::Result<Vec<(DateTime<Utc>, Uuid, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT expires_at, id, from_user_id FROM transactions \
+             WHERE status = 'pending' AND expires_at IS NOT NULL ORDER BY expires_at",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub(super) async fn transaction_count(&self) -> anyhow::Result<i64> {
@@ -629,6 +695,11 @@ fn raw_transaction(row: &sqlx::postgres::PgRow) -> anyhow::Result<RawTransaction
         idempotency_key: row.try_get("idempotency_key")?,
         created_at: row.try_get("created_at")?,
         completed_at: row.try_get("completed_at")?,
+        held_amount: row.try_get("held_amount")?,
+        expires_at: row.try_get("expires_at")?,
+        parent_id: row.try_get("parent_id")?,
+        batch_id: row.try_get("batch_id")?,
+        leg: row.try_get::<Option<i32>, _>("leg")?.map(i64::from),
     })
 }
 

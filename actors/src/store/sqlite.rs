@@ -18,10 +18,11 @@ use uuid::Uuid;
 
 use super::history::{Param, Statement};
 use super::{
-    Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse, TRANSACTION_COLUMNS,
-    USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries, version_i64,
+    AccountRow, Batch, NewUser, RawAccount, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
+    TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
+    version_i64,
 };
-use crate::money::AccountId;
+use crate::money::{AccountId, Amount};
 use crate::record::AuditEntry;
 
 type AuditRow = (String, String, String, String, Option<i64>, String, Option<String>, i64);
@@ -39,19 +40,30 @@ const INSERT_TRANSACTIONS: &str = "
 INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount,
                           from_version, from_balance_after, to_version, to_balance_after,
                           refund_version, refund_balance_after, failure_reason,
-                          initiator_id, idempotency_key, created_at, completed_at)
+                          initiator_id, idempotency_key, created_at, completed_at,
+                          held_amount, expires_at, parent_id, batch_id, leg)
 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
        value->>8, value->>9, value->>10, value->>11, value->>12, value->>13, value->>14,
-       value->>15, value->>16
+       value->>15, value->>16, value->>17, value->>18, value->>19, value->>20, value->>21
   FROM json_each(?1) WHERE true
-ON CONFLICT (id) DO NOTHING";
+-- A hold is written again when it is posted or voided; any other row never changes.
+ON CONFLICT (id) DO UPDATE
+   SET status = excluded.status, amount = excluded.amount,
+       from_version = excluded.from_version, from_balance_after = excluded.from_balance_after,
+       to_version = excluded.to_version, to_balance_after = excluded.to_balance_after,
+       refund_version = excluded.refund_version, refund_balance_after = excluded.refund_balance_after,
+       failure_reason = excluded.failure_reason, completed_at = excluded.completed_at
+ WHERE transactions.status = 'pending' AND excluded.status <> 'pending'";
 
 const UPDATE_BALANCES: &str = "
 UPDATE balances
    SET amount = u.amount, held = u.held, status = u.status, version = u.version,
-       last_updated_at = u.updated_at
+       last_updated_at = u.updated_at, overdraft_limit = u.overdraft_limit, max_balance = u.max_balance,
+       daily_debit_cap = u.daily_debit_cap, debit_day = u.debit_day, debited_on_day = u.debited_on_day
   FROM (SELECT value->>0 AS user_id, value->>1 AS amount, value->>2 AS held, value->>3 AS status,
-               value->>4 AS version, value->>5 AS updated_at
+               value->>4 AS version, value->>5 AS updated_at, value->>6 AS overdraft_limit,
+               value->>7 AS max_balance, value->>8 AS daily_debit_cap, value->>9 AS debit_day,
+               value->>10 AS debited_on_day
           FROM json_each(?1)) AS u
  WHERE balances.user_id = u.user_id AND balances.version < u.version";
 
@@ -130,13 +142,27 @@ impl SqliteStore {
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<(i64, i64, String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT amount, held, status, version FROM balances WHERE user_id = ?1")
-                .bind(id.get())
-                .fetch_optional(&self.pool)
-                .await?,
+    pub(super) async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<RawAccount>> {
+        let row: Option<AccountRow> = sqlx::query_as(
+            "SELECT amount, held, status, version, overdraft_limit, max_balance, daily_debit_cap, debit_day, \
+                    debited_on_day FROM balances WHERE user_id = ?1",
         )
+        .bind(id.get())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let sql =
+            format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE from_user_id = ?1 AND status = 'pending'");
+        let holds = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.get())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(raw_transaction)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(RawAccount::from_row(row, holds)))
     }
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
@@ -162,6 +188,11 @@ impl SqliteStore {
                     t.idempotency_key,
                     micros(t.created_at),
                     micros(t.completed_at),
+                    t.held_amount.map(Amount::minor),
+                    t.expires_at.map(micros),
+                    t.parent_id.map(|id| id.to_string()),
+                    t.batch_id.map(|id| id.to_string()),
+                    t.leg,
                 ])
             })
             .collect();
@@ -175,7 +206,12 @@ impl SqliteStore {
                     b.held,
                     b.status.as_str(),
                     version_i64(b.version),
-                    micros(b.at)
+                    micros(b.at),
+                    b.rules.overdraft_limit,
+                    b.rules.max_balance,
+                    b.rules.daily_debit_cap,
+                    b.usage.day,
+                    b.usage.debited,
                 ])
             })
             .collect();
@@ -229,6 +265,36 @@ impl SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| raw_transaction(&row)).transpose()
+    }
+
+    pub(super) async fn batch_legs(&self, batch: Uuid) -> anyhow::Result<Vec<RawTransaction>> {
+        let sql = format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE batch_id = ?1 ORDER BY leg");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(batch.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(raw_transaction).collect()
+    }
+
+    pub(super) async fn reversed_total(&self, original: Uuid) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(SUM(amount), 0) FROM transactions WHERE parent_id = ?1 AND status = 'completed'",
+        )
+        .bind(original.to_string())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn expiring_holds(&self) -> anyhow::Result<Vec<(DateTime<Utc>, Uuid, i64)>> {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT expires_at, id, from_user_id FROM transactions \
+             WHERE status = 'pending' AND expires_at IS NOT NULL ORDER BY expires_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(at, id, account)| Ok((from_micros(at)?, Uuid::parse_str(&id).context("hold id")?, account)))
+            .collect()
     }
 
     pub(super) async fn transaction_count(&self) -> anyhow::Result<i64> {
@@ -635,7 +701,22 @@ fn raw_transaction(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawTransacti
         idempotency_key: row.try_get("idempotency_key")?,
         created_at: from_micros(row.try_get("created_at")?)?,
         completed_at: from_micros(row.try_get("completed_at")?)?,
+        held_amount: row.try_get("held_amount")?,
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .map(from_micros)
+            .transpose()?,
+        parent_id: uuid_column(row, "parent_id")?,
+        batch_id: uuid_column(row, "batch_id")?,
+        leg: row.try_get("leg")?,
     })
+}
+
+fn uuid_column(row: &sqlx::sqlite::SqliteRow, column: &str) -> anyhow::Result<Option<Uuid>> {
+    use sqlx::Row;
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| Uuid::parse_str(&text).with_context(|| format!("{column} is not a UUID")))
+        .transpose()
 }
 
 /// The unique index a failed write violated. SQLite reports no constraint name apart

@@ -1,0 +1,16 @@
+DROP INDEX transactions_batches;
+DROP INDEX transactions_reversals;
+DROP INDEX transactions_hold_expiry;
+DROP INDEX transactions_open_holds;
+ALTER TABLE transactions
+    DROP COLUMN leg,
+    DROP COLUMN batch_id,
+    DROP COLUMN parent_id,
+    DROP COLUMN expires_at,
+    DROP COLUMN held_amount;
+ALTER TABLE balances
+    DROP COLUMN debited_on_day,
+    DROP COLUMN debit_day,
+    DROP COLUMN daily_debit_cap,
+    DROP COLUMN max_balance,
+    DROP COLUMN overdraft_limit;

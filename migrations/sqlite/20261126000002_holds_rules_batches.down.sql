@@ -1,0 +1,14 @@
+DROP INDEX transactions_batches;
+DROP INDEX transactions_reversals;
+DROP INDEX transactions_hold_expiry;
+DROP INDEX transactions_open_holds;
+ALTER TABLE transactions DROP COLUMN leg;
+ALTER TABLE transactions DROP COLUMN batch_id;
+ALTER TABLE transactions DROP COLUMN parent_id;
+ALTER TABLE transactions DROP COLUMN expires_at;
+ALTER TABLE transactions DROP COLUMN held_amount;
+ALTER TABLE balances DROP COLUMN debited_on_day;
+ALTER TABLE balances DROP COLUMN debit_day;
+ALTER TABLE balances DROP COLUMN daily_debit_cap;
+ALTER TABLE balances DROP COLUMN max_balance;
+ALTER TABLE balances DROP COLUMN overdraft_limit;
