@@ -24,35 +24,68 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let content_type = content_type(request);
         let bytes = web::Bytes::from_request(request, payload);
         Box::pin(async move {
-            let is_json = content_type
-                .as_deref()
-                .is_some_and(|kind| kind == "application/json" || kind.ends_with("+json"));
-            if !is_json {
-                return Err(ApiError::new(
-                    Code::UnsupportedMediaType,
-                    "Send the body as JSON with Content-Type: application/json",
-                ));
-            }
-            let bytes = bytes.await.map_err(|error| {
-                if error.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        Code::PayloadTooLarge,
-                        format!("The body may have at most {BODY_SIZE_MAX} bytes"),
-                    )
-                } else {
-                    ApiError::new(Code::MalformedJson, "The request body could not be read")
-                }
-            })?;
-            parse_json(&bytes).map(JsonBody)
+            let bytes = bytes.await.map_err(read_error)?;
+            json_body(content_type.as_deref(), &bytes).map(JsonBody)
         })
     }
+}
+
+/// A JSON body that may be left out: an empty body is `None`; anything else must be a
+/// valid JSON body of `T`, with the same errors as [`JsonBody`] (a mistyped field is
+/// never mistaken for "no body").
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let content_type = content_type(request);
+        let bytes = web::Bytes::from_request(request, payload);
+        Box::pin(async move {
+            let bytes = bytes.await.map_err(read_error)?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(OptionalJsonBody(None));
+            }
+            json_body(content_type.as_deref(), &bytes).map(|body| OptionalJsonBody(Some(body)))
+        })
+    }
+}
+
+/// The media type of the request body, lower-cased, without parameters.
+fn content_type(request: &HttpRequest) -> Option<String> {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+fn read_error(error: actix_web::Error) -> ApiError {
+    if error.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            Code::PayloadTooLarge,
+            format!("The body may have at most {BODY_SIZE_MAX} bytes"),
+        )
+    } else {
+        ApiError::new(Code::MalformedJson, "The request body could not be read")
+    }
+}
+
+/// A body sent as JSON, parsed into `T`.
+fn json_body<T: DeserializeOwned>(content_type: Option<&str>, bytes: &[u8]) -> Result<T, ApiError> {
+    let is_json = content_type.is_some_and(|kind| kind == "application/json" || kind.ends_with("+json"));
+    if !is_json {
+        return Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "Send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    parse_json(bytes)
 }
 
 /// Parse `bytes` as `T`: syntax errors are 400, wrong or missing or unknown fields 422.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::domain::{parse_amount, parse_user_id};
 use crate::error::{ApiError, Code, FieldError, Problem};
-use crate::extract::{JsonBody, idempotency_key};
+use crate::extract::{JsonBody, OptionalJsonBody, idempotency_key};
 use crate::routes::transactions::{REPLAYED_HEADER, field, respond};
 use crate::routes::views::TransactionView;
 
@@ -47,8 +47,8 @@ async fn party_record(engine: &Engine, caller: &AuthUser, id: Uuid) -> Result<Tr
     }
 }
 
-fn optional_amount(body: Option<JsonBody<PartialAmountBody>>) -> Result<Option<tally_actors::Amount>, ApiError> {
-    let Some(raw) = body.and_then(|body| body.0.amount) else {
+fn optional_amount(body: OptionalJsonBody<PartialAmountBody>) -> Result<Option<tally_actors::Amount>, ApiError> {
+    let Some(raw) = body.0.and_then(|body| body.amount) else {
         return Ok(None);
     };
     parse_amount(&raw)
@@ -90,7 +90,7 @@ pub async fn post_hold(
     engine: web::Data<Engine>,
     caller: AuthUser,
     path: web::Path<String>,
-    body: Option<JsonBody<PartialAmountBody>>,
+    body: OptionalJsonBody<PartialAmountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = transaction_id(&path)?;
     let amount = optional_amount(body)?;
@@ -150,7 +150,7 @@ pub async fn reverse(
     caller: AuthUser,
     http: HttpRequest,
     path: web::Path<String>,
-    body: Option<JsonBody<PartialAmountBody>>,
+    body: OptionalJsonBody<PartialAmountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = transaction_id(&path)?;
     let amount = optional_amount(body)?;
