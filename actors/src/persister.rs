@@ -788,4 +788,55 @@ mod tests {
         assert_eq!(batch.balances.len(), 2);
         assert_eq!((batch.balances[0].version, batch.balances[0].balance), (2, 7));
     }
+
+    #[test]
+    fn a_hold_placed_and_settled_in_one_batch_is_written_once_in_its_final_state() {
+        let placed = TransactionRecord {
+            id: Uuid::now_v7(),
+            kind: crate::record::TransactionKind::Transfer,
+            status: TransactionStatus::Pending,
+            from: AccountId::new(1).unwrap(),
+            to: AccountId::new(2).unwrap(),
+            amount: crate::money::Amount::from_minor(5).unwrap(),
+            debit: None,
+            credit: None,
+            refund: None,
+            refused_version: Some(1),
+            failure_reason: None,
+            initiator: None,
+            idempotency_key: None,
+            created_at: Utc::now(),
+            completed_at: Utc::now(),
+            held_amount: crate::money::Amount::from_minor(5).ok(),
+            expires_at: None,
+            parent_id: None,
+            batch_id: None,
+            leg: None,
+        };
+        let voided = TransactionRecord {
+            status: TransactionStatus::Voided,
+            ..placed.clone()
+        };
+        let other = TransactionRecord {
+            id: Uuid::now_v7(),
+            ..placed.clone()
+        };
+        // Whichever order the two writes of the hold come in, the settled state wins.
+        for (first, second) in [(&placed, &voided), (&voided, &placed)] {
+            let writes = vec![
+                PendingWrite {
+                    transactions: vec![first.clone(), other.clone()],
+                    ..write(&[])
+                },
+                PendingWrite {
+                    transactions: vec![second.clone()],
+                    ..write(&[])
+                },
+            ];
+            let batch = build_batch(&writes);
+            assert_eq!(batch.transactions.len(), 2);
+            assert_eq!(batch.transactions[0].status, TransactionStatus::Voided);
+            assert_eq!(batch.transactions[1].id, other.id);
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod basics;
 mod crash;
+mod features;
 mod hammer;
 mod idempotency;
 mod outage;
