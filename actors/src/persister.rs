@@ -581,9 +581,32 @@ fn build_batch(writes: &[PendingWrite]) -> Batch {
                 .or_insert(*effect);
         }
     }
+    // A settled hold whose pending row is not in this batch was written by an earlier
+    // one (its placement's version precedes the settlement's): its row is updated.
+    let placed_here: std::collections::HashSet<Uuid> = writes
+        .iter()
+        .flat_map(|write| &write.transactions)
+        .filter(|record| record.status == TransactionStatus::Pending)
+        .map(|record| record.id)
+        .collect();
+    let (settled, new): (Vec<TransactionRecord>, Vec<TransactionRecord>) = std::mem::take(&mut batch.transactions)
+        .into_iter()
+        .partition(|record| settles_earlier_hold(record) && !placed_here.contains(&record.id));
+    batch.transactions = new;
+    batch.settled_holds = settled;
     batch.balances = latest.into_values().collect();
     batch.balances.sort_unstable_by_key(|effect| effect.account);
     batch
+}
+
+/// Whether `record` settles a hold (posted, or voided, or rolled back at its post): the
+/// hold's row was written as pending before.
+fn settles_earlier_hold(record: &TransactionRecord) -> bool {
+    record.held_amount.is_some()
+        && matches!(
+            record.status,
+            TransactionStatus::Posted | TransactionStatus::Voided | TransactionStatus::RolledBack
+        )
 }
 
 /// One account's durable version and the versions pending writes carry for it, in
@@ -834,9 +857,17 @@ mod tests {
                 },
             ];
             let batch = build_batch(&writes);
-            assert_eq!(batch.transactions.len(), 2);
+            assert_eq!(batch.transactions.len(), 2, "both new rows are inserted");
             assert_eq!(batch.transactions[0].status, TransactionStatus::Voided);
             assert_eq!(batch.transactions[1].id, other.id);
+            assert!(batch.settled_holds.is_empty());
         }
+        // Settled alone: its pending row was written before, so it is an update.
+        let batch = build_batch(&[PendingWrite {
+            transactions: vec![voided.clone()],
+            ..write(&[])
+        }]);
+        assert!(batch.transactions.is_empty());
+        assert_eq!(batch.settled_holds, vec![voided]);
     }
 }

@@ -41,7 +41,11 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/tally.db";
 /// Everything one group commit writes.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// New rows.
     pub transactions: Vec<TransactionRecord>,
+    /// Holds already written as pending by an earlier batch, now settled (posted,
+    /// voided, expired): their rows are updated.
+    pub settled_holds: Vec<TransactionRecord>,
     /// The latest effect of every account the batch touches: one balance row update
     /// per distinct account.
     pub balances: Vec<AccountEffect>,

@@ -51,26 +51,82 @@ pub(super) struct PgStore {
     pub(super) pool: PgPool,
 }
 
-const WRITE_BATCH: &str = "
-WITH new_transactions AS (
-    INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount,
-                              from_version, from_balance_after, to_version, to_balance_after,
-                              refund_version, refund_balance_after, failure_reason,
-                              initiator_id, idempotency_key, created_at, completed_at,
-                              held_amount, expires_at, parent_id, batch_id, leg)
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-                         $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-                         $13::text[], $14::int8[], $15::text[], $16::timestamptz[], $17::timestamptz[],
-                         $18::int8[], $19::timestamptz[], $20::uuid[], $21::uuid[], $22::int4[])
-    -- A hold is written again when it is posted or voided; any other row never changes
-    -- (so writing a batch again is harmless).
+/// The transactions columns a batch writes, in the order [`bind_records`] binds them.
+const WRITTEN_COLUMNS: &str = "id, type, status, from_user_id, to_user_id, amount, \
+    from_version, from_balance_after, to_version, to_balance_after, refund_version, refund_balance_after, \
+    failure_reason, initiator_id, idempotency_key, created_at, completed_at, held_amount, expires_at, \
+    parent_id, batch_id, leg";
+
+/// `UNNEST` of the 22 arrays [`bind_records`] binds, from parameter `$first` on.
+fn unnest_records(first: usize) -> String {
+    const TYPES: [&str; 22] = [
+        "uuid",
+        "text",
+        "text",
+        "int8",
+        "int8",
+        "int8",
+        "int8",
+        "int8",
+        "int8",
+        "int8",
+        "int8",
+        "int8",
+        "text",
+        "int8",
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "int8",
+        "timestamptz",
+        "uuid",
+        "uuid",
+        "int4",
+    ];
+    let arrays: Vec<String> = TYPES
+        .iter()
+        .enumerate()
+        .map(|(offset, kind)| format!("${}::{kind}[]", first + offset))
+        .collect();
+    format!("UNNEST({})", arrays.join(", "))
+}
+
+/// One group commit as one statement (so one transaction): new transactions, balance
+/// rows, audit rows and, when `settling`, holds written as pending by an earlier batch
+/// and settled since.
+fn write_batch_statement(settling: bool) -> String {
+    let settled = if settling {
+        // An upsert only for these few rows: on every insert it would make PostgreSQL
+        // insert speculatively, which costs several times a plain insert.
+        format!(
+            "settled_holds AS (
+    INSERT INTO transactions ({WRITTEN_COLUMNS})
+    SELECT * FROM {}
     ON CONFLICT (id) DO UPDATE
        SET status = EXCLUDED.status, amount = EXCLUDED.amount,
            from_version = EXCLUDED.from_version, from_balance_after = EXCLUDED.from_balance_after,
            to_version = EXCLUDED.to_version, to_balance_after = EXCLUDED.to_balance_after,
            refund_version = EXCLUDED.refund_version, refund_balance_after = EXCLUDED.refund_balance_after,
            failure_reason = EXCLUDED.failure_reason, completed_at = EXCLUDED.completed_at
-     WHERE transactions.status = 'pending' AND EXCLUDED.status <> 'pending'
+     WHERE transactions.status = 'pending'
+    RETURNING 1
+), ",
+            unnest_records(42)
+        )
+    } else {
+        String::new()
+    };
+    let settled_count = if settling {
+        " + (SELECT COUNT(*) FROM settled_holds)"
+    } else {
+        ""
+    };
+    format!(
+        "WITH {settled}new_transactions AS (
+    INSERT INTO transactions ({WRITTEN_COLUMNS})
+    SELECT * FROM {new}
+    -- Writing a batch again is harmless: a written row only changes when a hold settles.
+    ON CONFLICT (id) DO NOTHING
     RETURNING 1
 ), updated_balances AS (
     UPDATE balances AS b
@@ -92,7 +148,51 @@ WITH new_transactions AS (
     RETURNING 1
 )
 SELECT (SELECT COUNT(*) FROM new_transactions) + (SELECT COUNT(*) FROM updated_balances)
-     + (SELECT COUNT(*) FROM new_audit)";
+     + (SELECT COUNT(*) FROM new_audit){settled_count}",
+        new = unnest_records(1),
+    )
+}
+
+static WRITE_BATCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| write_batch_statement(false));
+static WRITE_BATCH_SETTLING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| write_batch_statement(true));
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
+
+/// Bind the 22 columns of `records` as arrays, in the order of [`WRITTEN_COLUMNS`].
+fn bind_records<'q>(query: PgQuery<'q>, records: &[TransactionRecord]) -> PgQuery<'q> {
+    let column =
+        |f: &dyn Fn(&TransactionRecord) -> Option<i64>| -> Vec<Option<i64>> { records.iter().map(f).collect() };
+    query
+        .bind(records.iter().map(|t| t.id).collect::<Vec<Uuid>>())
+        .bind(records.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.from.get()).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.to.get()).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.amount.minor()).collect::<Vec<_>>())
+        .bind(column(&|t| {
+            t.debit.map(|p| p.version).or(t.refused_version).map(version_i64)
+        }))
+        .bind(column(&|t| t.debit.map(|p| p.balance_after)))
+        .bind(column(&|t| t.credit.map(|p| version_i64(p.version))))
+        .bind(column(&|t| t.credit.map(|p| p.balance_after)))
+        .bind(column(&|t| t.refund.map(|p| version_i64(p.version))))
+        .bind(column(&|t| t.refund.map(|p| p.balance_after)))
+        .bind(
+            records
+                .iter()
+                .map(|t| t.failure_reason.map(|r| r.code()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|t| t.initiator))
+        .bind(records.iter().map(|t| t.idempotency_key.clone()).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.created_at).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.completed_at).collect::<Vec<_>>())
+        .bind(column(&|t| t.held_amount.map(Amount::minor)))
+        .bind(records.iter().map(|t| t.expires_at).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.parent_id).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.batch_id).collect::<Vec<_>>())
+        .bind(records.iter().map(|t| t.leg.map(|leg| leg as i32)).collect::<Vec<_>>())
+}
 
 /// A user, its account and its audit row: one statement, so one transaction. The
 /// account and audit inserts read the new id from the users insert.
@@ -245,71 +345,41 @@ impl PgStore {
     }
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
-        let transactions = &batch.transactions;
-        let column = |f: &dyn Fn(&TransactionRecord) -> Option<i64>| -> Vec<Option<i64>> {
-            transactions.iter().map(f).collect()
-        };
         let balances = &batch.balances;
         let audit = AuditColumns::of(&batch.audit);
-        sqlx::query(WRITE_BATCH)
-            .bind(transactions.iter().map(|t| t.id).collect::<Vec<Uuid>>())
-            .bind(transactions.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
-            .bind(transactions.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
-            .bind(transactions.iter().map(|t| t.from.get()).collect::<Vec<_>>())
-            .bind(transactions.iter().map(|t| t.to.get()).collect::<Vec<_>>())
-            .bind(transactions.iter().map(|t| t.amount.minor()).collect::<Vec<_>>())
-            .bind(column(&|t| {
-                t.debit.map(|p| p.version).or(t.refused_version).map(version_i64)
-            }))
-            .bind(column(&|t| t.debit.map(|p| p.balance_after)))
-            .bind(column(&|t| t.credit.map(|p| version_i64(p.version))))
-            .bind(column(&|t| t.credit.map(|p| p.balance_after)))
-            .bind(column(&|t| t.refund.map(|p| version_i64(p.version))))
-            .bind(column(&|t| t.refund.map(|p| p.balance_after)))
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.failure_reason.map(|r| r.code()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(&|t| t.initiator))
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.idempotency_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(transactions.iter().map(|t| t.created_at).collect::<Vec<_>>())
-            .bind(transactions.iter().map(|t| t.completed_at).collect::<Vec<_>>())
-            .bind(column(&|t| t.held_amount.map(Amount::minor)))
-            .bind(transactions.iter().map(|t| t.expires_at).collect::<Vec<_>>())
-            .bind(transactions.iter().map(|t| t.parent_id).collect::<Vec<_>>())
-            .bind(transactions.iter().map(|t| t.batch_id).collect::<Vec<_>>())
-            .bind(
-                transactions
-                    .iter()
-                    .map(|t| t.leg.map(|leg| leg as i32))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(balances.iter().map(|b| b.account.get()).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.balance).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.held).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| version_i64(b.version)).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.at).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.rules.overdraft_limit).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.rules.max_balance).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.rules.daily_debit_cap).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.usage.day).collect::<Vec<_>>())
-            .bind(balances.iter().map(|b| b.usage.debited).collect::<Vec<_>>())
-            .bind(audit.ids)
-            .bind(audit.entity_types)
-            .bind(audit.entity_ids)
-            .bind(audit.actions)
-            .bind(audit.actor_user_ids)
-            .bind(audit.details)
-            .bind(audit.request_ids)
-            .bind(audit.created_ats)
+        let settling = !batch.settled_holds.is_empty();
+        let statement = if settling {
+            &*WRITE_BATCH_SETTLING
+        } else {
+            &*WRITE_BATCH
+        };
+        let mut query = bind_records(
+            sqlx::query(sqlx::AssertSqlSafe(statement.as_str())),
+            &batch.transactions,
+        )
+        .bind(balances.iter().map(|b| b.account.get()).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.balance).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.held).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| version_i64(b.version)).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.at).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.rules.overdraft_limit).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.rules.max_balance).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.rules.daily_debit_cap).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.usage.day).collect::<Vec<_>>())
+        .bind(balances.iter().map(|b| b.usage.debited).collect::<Vec<_>>())
+        .bind(audit.ids)
+        .bind(audit.entity_types)
+        .bind(audit.entity_ids)
+        .bind(audit.actions)
+        .bind(audit.actor_user_ids)
+        .bind(audit.details)
+        .bind(audit.request_ids)
+        .bind(audit.created_ats);
+        if settling {
+            query = bind_records(query, &batch.settled_holds);
+        }
+        query
             .execute(&self.pool)
             .await
             .context("writing a batch to PostgreSQL")?;

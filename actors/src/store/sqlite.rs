@@ -166,9 +166,12 @@ impl SqliteStore {
     }
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
+        // New rows and settled holds alike: the upsert below inserts the former and
+        // updates the latter (SQLite's upsert costs next to nothing over an insert).
         let transactions: Vec<_> = batch
             .transactions
             .iter()
+            .chain(&batch.settled_holds)
             .map(|t| {
                 json!([
                     t.id.to_string(),
