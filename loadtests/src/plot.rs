@@ -12,6 +12,8 @@ const MARGIN_LEFT: f64 = 80.0;
 const MARGIN_RIGHT: f64 = 20.0;
 const MARGIN_TOP: f64 = 40.0;
 const PANEL_GAP: f64 = 60.0;
+/// Room below the panels for the seconds axis and the legend.
+const LEGEND_HEIGHT: f64 = 60.0;
 /// Horizontal grid lines per panel.
 const GRID_LINES: usize = 4;
 
@@ -126,7 +128,7 @@ fn format_value(value: f64) -> String {
 /// The SVG document for a run's timeline.
 pub fn render(title: &str, timeline: &[SecondSample], events: &[Event]) -> String {
     let duration_seconds = timeline.iter().map(|sample| sample.elapsed_seconds).fold(1.0, f64::max);
-    let height = MARGIN_TOP + 2.0 * PANEL_HEIGHT + PANEL_GAP + 40.0;
+    let height = MARGIN_TOP + 2.0 * PANEL_HEIGHT + PANEL_GAP + LEGEND_HEIGHT;
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -180,11 +182,19 @@ pub fn render(title: &str, timeline: &[SecondSample], events: &[Event]) -> Strin
             escape(&event.what)
         );
     }
-    if !events.is_empty() {
+    let mut legend = Vec::new();
+    if events.iter().any(|event| !event.what.contains("PostgreSQL")) {
+        legend.push(r##"<tspan fill="#ff7f0e">- - - Tally killed (SIGKILL) and restarted</tspan>"##);
+    }
+    if events.iter().any(|event| event.what.contains("PostgreSQL")) {
+        legend.push(r##"<tspan fill="#2ca02c">- - - PostgreSQL restarted</tspan>"##);
+    }
+    if !legend.is_empty() {
         let _ = writeln!(
             svg,
-            r##"<text x="{MARGIN_LEFT}" y="{:.1}" font-size="11"><tspan fill="#ff7f0e">- - - Tally killed (SIGKILL) and restarted</tspan>   <tspan fill="#2ca02c">- - - PostgreSQL restarted</tspan></text>"##,
-            height - 8.0
+            r##"<text x="{MARGIN_LEFT}" y="{:.1}" font-size="12">{}</text>"##,
+            height - 12.0,
+            legend.join("     ")
         );
     }
     svg.push_str("</svg>\n");
@@ -228,5 +238,9 @@ mod tests {
         assert!(svg.contains("SIGKILL &lt;tally&gt;"));
         assert!(svg.contains("run &amp; plot"));
         assert!(svg.contains(">5000 /s<"), "the throughput axis reaches a round 5000");
+        assert!(
+            svg.contains("Tally killed") && !svg.contains("PostgreSQL restarted"),
+            "only events that happened"
+        );
     }
 }

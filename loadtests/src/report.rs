@@ -21,6 +21,9 @@ pub const LATENCY_MAX_MICROSECONDS: u64 = 3_600_000_000;
 /// choice for latency, at a few hundred kilobytes per histogram.
 const HISTOGRAM_PRECISION_DIGITS: u8 = 3;
 
+/// The shortest last sample a timeline keeps (see [`Recorder::tick_final`]).
+pub const FINAL_SAMPLE_SECONDS_MIN: f64 = 0.5;
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_MICROSECONDS, HISTOGRAM_PRECISION_DIGITS)
         .expect("static histogram bounds are valid")
@@ -191,6 +194,22 @@ impl Recorder {
         state.interval_started_seconds = now;
         state.timeline.push(sample.clone());
         sample
+    }
+
+    /// Close the last interval of a run at `elapsed`. A sliver shorter than
+    /// [`FINAL_SAMPLE_SECONDS_MIN`] would show a wildly wrong rate (a few operations
+    /// over a few milliseconds), so it is left out of the timeline; its operations still
+    /// count in the totals.
+    pub fn tick_final(&self, elapsed: Duration) -> Option<SecondSample> {
+        let span = elapsed.as_secs_f64() - self.state().interval_started_seconds;
+        if span < FINAL_SAMPLE_SECONDS_MIN {
+            let mut state = self.state();
+            state.interval.reset();
+            state.interval_errors = 0;
+            state.interval_started_seconds = elapsed.as_secs_f64();
+            return None;
+        }
+        Some(self.tick(elapsed))
     }
 
     pub fn accepted_writes(&self) -> u64 {
@@ -514,6 +533,25 @@ mod tests {
         assert_eq!(empty.operations_per_second, 0.0);
         assert_eq!(empty.p99_ms, None);
         assert_eq!(recorder.summarize(Duration::from_secs(3)).timeline.len(), 3);
+    }
+
+    #[test]
+    fn a_last_sliver_of_a_second_is_left_out_of_the_timeline_but_not_the_totals() {
+        let recorder = Recorder::new();
+        recorder.record(OperationKind::Transfer, Duration::from_millis(5), &Outcome::completed());
+        recorder.tick(Duration::from_secs(1));
+        for _ in 0..10 {
+            recorder.record(OperationKind::Transfer, Duration::from_millis(5), &Outcome::completed());
+        }
+        // 10 operations in 7 ms would read as 1,400 per second.
+        assert_eq!(recorder.tick_final(Duration::from_millis(1007)), None);
+        let summary = recorder.summarize(Duration::from_millis(1007));
+        assert_eq!(summary.timeline.len(), 1);
+        assert_eq!(summary.overall.count, 11);
+        // A longer last interval is kept, at its own rate.
+        recorder.record(OperationKind::Transfer, Duration::from_millis(5), &Outcome::completed());
+        let last = recorder.tick_final(Duration::from_millis(1807)).unwrap();
+        assert!((last.operations_per_second - 1.0 / 0.8).abs() < 1e-6, "{last:?}");
     }
 
     #[test]
