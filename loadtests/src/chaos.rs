@@ -22,7 +22,7 @@ use crate::client::{ApiClient, RetryPolicy};
 use crate::report::{Recorder, Report};
 use crate::runner::RunPlan;
 use crate::server::{ServerConfig, TallyProcess};
-use crate::session::LoadSession;
+use crate::session::{LoadSession, SessionOptions};
 use crate::setup::{self, SetupPlan};
 
 /// The longest the PostgreSQL restart command may take; a restart of an idle cluster
@@ -213,15 +213,18 @@ pub async fn chaos(mut plan: ChaosPlan) -> anyhow::Result<Report> {
     let summary = setup::setup(&store, client.clone(), &plan.setup).await?;
     plan.plan.workload.accounts = Arc::new(summary.ids);
     plan.plan.workload.validate().map_err(anyhow::Error::msg)?;
+    let options = SessionOptions {
+        idempotency_keys: true,
+        retry: plan.retry,
+        snapshot: true,
+        idle_timeout: plan.idle_timeout,
+    };
     let mut session = LoadSession::prepare(
         plan.command.clone(),
         client.clone(),
         store.clone(),
         plan.plan.clone(),
-        true,
-        plan.retry,
-        true,
-        plan.idle_timeout,
+        options,
     )
     .await?;
     let duration = plan.plan.stop.duration.context("a chaos run needs a duration")?;
@@ -258,9 +261,10 @@ pub async fn chaos(mut plan: ChaosPlan) -> anyhow::Result<Report> {
         Err(error) => println!("chaos: stopping Tally: {error:#}"),
     }
     let passed = report.verification.as_ref().is_some_and(|v| v.passed());
-    store.postgres_pool().map(|pool| pool.close());
+    if let Some(pool) = store.postgres_pool() {
+        pool.close().await;
+    }
     if passed && !plan.keep_database {
-        drop(store);
         drop_database(&plan.server_url, &database_name).await?;
         println!("chaos: dropped {database_name}");
     } else {

@@ -13,7 +13,7 @@ use crate::chaos::{self, ChaosPlan};
 use crate::client::{ApiClient, RetryPolicy, amount_flag};
 use crate::database;
 use crate::runner::{Pacing, RunPlan, Stop};
-use crate::session::LoadSession;
+use crate::session::{LoadSession, SessionOptions};
 use crate::setup::{self, SetupPlan};
 use crate::verify::{self, RunRecord, VerifyInputs};
 use crate::workload::{Mix, Shape, WorkloadConfig};
@@ -400,17 +400,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let ids = database::user_ids(&store, &command.accounts.prefix, command.accounts.users).await?;
             let plan = command.load.plan(ids)?;
             let verify = !command.load.no_verify;
-            let mut session = LoadSession::prepare(
-                command_line(),
-                client.clone(),
-                store,
-                plan,
-                command.load.idempotency_keys,
-                command.load.retry(),
-                verify,
-                command.load.idle_timeout,
-            )
-            .await?;
+            let options = SessionOptions {
+                idempotency_keys: command.load.idempotency_keys,
+                retry: command.load.retry(),
+                snapshot: verify,
+                idle_timeout: command.load.idle_timeout,
+            };
+            let mut session = LoadSession::prepare(command_line(), client.clone(), store, plan, options).await?;
             let elapsed = session.execute().await;
             let notes = session.server_notes().await;
             let output = command.load.output("run");

@@ -18,6 +18,19 @@ use crate::report::{Recorder, Report, ServerNotes, metric_value};
 use crate::runner::{self, RunPlan};
 use crate::verify::{self, RunRecord, VerifyInputs};
 
+/// How a run treats writes and the ledger around it.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionOptions {
+    /// Send a key with every write and retry what may be retried.
+    pub idempotency_keys: bool,
+    pub retry: RetryPolicy,
+    /// Wait until the server is idle and read every balance before the run, so
+    /// verification can check balances against the run's movements.
+    pub snapshot: bool,
+    /// The longest that wait may take.
+    pub idle_timeout: Duration,
+}
+
 /// Everything a run needs besides its plan.
 #[derive(Debug)]
 pub struct LoadSession {
@@ -41,21 +54,16 @@ pub fn new_run_id() -> String {
 }
 
 impl LoadSession {
-    /// Prepare a run. With `snapshot`, waits until the server is idle and reads every
-    /// balance first, so verification can check balances against the run's movements.
-    #[allow(clippy::too_many_arguments)]
+    /// Prepare a run (see [`SessionOptions::snapshot`]).
     pub async fn prepare(
         command: String,
         client: Arc<ApiClient>,
         store: Store,
         plan: RunPlan,
-        idempotency_keys: bool,
-        retry: RetryPolicy,
-        snapshot: bool,
-        idle_timeout: Duration,
+        options: SessionOptions,
     ) -> anyhow::Result<LoadSession> {
-        let balances_before = if snapshot {
-            let waited = verify::wait_until_idle(&client, idle_timeout).await;
+        let balances_before = if options.snapshot {
+            let waited = verify::wait_until_idle(&client, options.idle_timeout).await;
             if !waited.passed {
                 anyhow::bail!("before the run: {}", waited.summary);
             }
@@ -69,8 +77,8 @@ impl LoadSession {
             client,
             store,
             plan,
-            idempotency_keys,
-            retry,
+            idempotency_keys: options.idempotency_keys,
+            retry: options.retry,
             recorder: Arc::new(Recorder::new()),
             writes: Arc::new(WriteLog::default()),
             started_at: chrono::Utc::now(),

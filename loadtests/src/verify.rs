@@ -271,7 +271,7 @@ async fn api_balances(api: &ApiClient, rows: &BTreeMap<i64, i64>) -> (Vec<Findin
 }
 
 fn sorted(mut findings: Vec<Finding>) -> Vec<Finding> {
-    findings.sort_by(|a, b| (a.account, a.transaction).cmp(&(b.account, b.transaction)));
+    findings.sort_by_key(|finding| (finding.account, finding.transaction));
     findings
 }
 

@@ -15,7 +15,7 @@ use tally_actors::testing::{Backend, TestDb};
 use tally_loadtest::client::{ApiClient, RetryPolicy, WriteAnswer};
 use tally_loadtest::report::Report;
 use tally_loadtest::runner::{Pacing, RunPlan, Stop};
-use tally_loadtest::session::LoadSession;
+use tally_loadtest::session::{LoadSession, SessionOptions};
 use tally_loadtest::setup::{self, SetupPlan};
 use tally_loadtest::verify::{self, RunRecord, Verification, VerifyInputs};
 use tally_loadtest::workload::{Mix, Shape, WorkloadConfig};
@@ -116,18 +116,15 @@ impl Ledger {
             attempts_max: 10,
             retry_time_max: Duration::from_secs(10),
         };
-        let mut session = LoadSession::prepare(
-            "test".into(),
-            self.client.clone(),
-            self.store.clone(),
-            plan,
-            keys,
+        let options = SessionOptions {
+            idempotency_keys: keys,
             retry,
-            true,
-            IDLE_TIMEOUT,
-        )
-        .await
-        .expect("the run is prepared");
+            snapshot: true,
+            idle_timeout: IDLE_TIMEOUT,
+        };
+        let mut session = LoadSession::prepare("test".into(), self.client.clone(), self.store.clone(), plan, options)
+            .await
+            .expect("the run is prepared");
         let elapsed = session.execute().await;
         let notes = session.server_notes().await;
         let report = session
@@ -165,7 +162,9 @@ impl Ledger {
         self.server.stop(true).await;
         self.engine.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.output);
-        self.store.postgres_pool().map(|pool| pool.close());
+        if let Some(pool) = self.store.postgres_pool() {
+            pool.close().await;
+        }
         drop(self.db);
     }
 }
