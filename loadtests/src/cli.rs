@@ -171,7 +171,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Directory for result.json, run.json, report.txt and timeline.svg (default
-    /// loadtest-results/<time>).
+    /// target/loadtest-results/<command>-<time>).
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Skip the verification after the run.
@@ -250,7 +250,8 @@ impl LoadArgs {
 
     fn output(&self, what: &str) -> PathBuf {
         self.output.clone().unwrap_or_else(|| {
-            PathBuf::from("loadtest-results").join(format!("{what}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
+            PathBuf::from("target/loadtest-results")
+                .join(format!("{what}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
         })
     }
 }

@@ -192,7 +192,7 @@ pub fn render(title: &str, timeline: &[SecondSample], events: &[Event]) -> Strin
     if !legend.is_empty() {
         let _ = writeln!(
             svg,
-            r##"<text x="{MARGIN_LEFT}" y="{:.1}" font-size="12">{}</text>"##,
+            r##"<text x="{MARGIN_LEFT}" y="{:.1}" font-size="12" xml:space="preserve">{}</text>"##,
             height - 12.0,
             legend.join("     ")
         );
