@@ -38,9 +38,14 @@ struct Ledger {
 
 impl Ledger {
     async fn start() -> Ledger {
+        Ledger::start_with(&[]).await
+    }
+
+    /// Start with more settings; later pairs win.
+    async fn start_with(extra: &[(&str, &str)]) -> Ledger {
         tally_actors::testing::init_logging();
         let db = TestDb::create(Backend::Postgres).await;
-        let pairs = vec![
+        let mut pairs = vec![
             ("HOST", "127.0.0.1"),
             ("PORT", "0"),
             ("DATABASE_URL", db.url.as_str()),
@@ -57,6 +62,7 @@ impl Ledger {
             ("TALLY_RATE_LIMIT_LOGIN_PER_MINUTE", "1000000"),
             ("TALLY_RATE_LIMIT_LOGIN_BURST", "1000000"),
         ];
+        pairs.extend_from_slice(extra);
         let settings = Settings::from_environment(&Environment::from_pairs(pairs)).expect("valid settings");
         let application = Application::build(settings).await.expect("Tally starts");
         let base_url = format!("http://127.0.0.1:{}", application.port());
@@ -71,13 +77,9 @@ impl Ledger {
                 .expect("the admin logs in"),
         );
         let store = Store::connect(&db.url, 4).await.expect("the store connects");
-        let plan = SetupPlan {
-            prefix: "e2e".into(),
-            users: USERS,
-            initial_balance_minor: 100_00,
-            concurrency: 8,
-        };
-        let summary = setup::setup(&store, client.clone(), &plan).await.expect("set-up works");
+        let summary = setup::setup(&store, client.clone(), &setup_plan())
+            .await
+            .expect("set-up works");
         assert_eq!(summary.funded, USERS);
         let output = std::env::temp_dir().join(format!("tally-loadtest-{}", uuid::Uuid::new_v4().simple()));
         Ledger {
@@ -166,6 +168,15 @@ impl Ledger {
             pool.close().await;
         }
         drop(self.db);
+    }
+}
+
+fn setup_plan() -> SetupPlan {
+    SetupPlan {
+        prefix: "e2e".into(),
+        users: USERS,
+        initial_balance_minor: 100_00,
+        concurrency: 8,
     }
 }
 
@@ -337,5 +348,78 @@ async fn verify_fails_naming_the_acknowledged_transaction_that_was_deleted() {
             "only {from} and {to} are blamed: {finding:?}"
         );
     }
+    ledger.stop().await;
+}
+
+#[actix_web::test]
+async fn setup_again_funds_only_what_a_run_drained_and_never_pays_twice() {
+    let ledger = Ledger::start().await;
+    let again = setup::setup(&ledger.store, ledger.client.clone(), &setup_plan())
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.funded, again.already_funded),
+        (0, USERS),
+        "everyone is at the balance already"
+    );
+    assert_eq!(again.ids, ledger.ids, "the same users, in the same order");
+    // Drain some accounts the way a run would, then set up twice at once. Whether one
+    // or both set-ups see an account drained depends on timing; either way it is
+    // topped up once, since both derive the same key from the version they read.
+    let drained = &ledger.ids[2..7];
+    for &user in drained {
+        let body = serde_json::json!({ "user_id": user, "amount": "60.00" });
+        let answer = ledger
+            .client
+            .send(reqwest::Method::POST, "/transactions/debit", Some(&body), None)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+    let plan = setup_plan();
+    let (first, second) = tokio::join!(
+        setup::setup(&ledger.store, ledger.client.clone(), &plan),
+        setup::setup(&ledger.store, ledger.client.clone(), &plan),
+    );
+    let funded = first.unwrap().funded + second.unwrap().funded;
+    assert!(
+        (5..=10).contains(&funded),
+        "each drained account funded by one or both: {funded}"
+    );
+    for &user in drained {
+        let (balance, _) = ledger.client.balance(user).await.unwrap();
+        assert_eq!(balance, 100_00, "account {user} got one credit of 60.00, never two");
+    }
+    let verification = verify::verify(VerifyInputs {
+        store: &ledger.store,
+        api: Some(&ledger.client),
+        run: None,
+        idle_timeout: IDLE_TIMEOUT,
+    })
+    .await
+    .unwrap();
+    assert!(verification.passed(), "{}", verification.render());
+    ledger.stop().await;
+}
+
+#[actix_web::test]
+async fn a_run_longer_than_a_token_logs_in_again_instead_of_failing() {
+    let ledger = Ledger::start_with(&[("JWT_ACCESS_TTL_SECONDS", "1")]).await;
+    let mut plan = ledger.plan(Pacing::Closed { concurrency: 4 }, u64::MAX, "transfer=50,balance=50");
+    plan.stop.duration = Some(Duration::from_millis(2500));
+    let (report, _) = ledger.load(plan, false).await;
+    let outcomes = &report.measurements.outcomes;
+    assert!(
+        outcomes
+            .keys()
+            .all(|outcome| outcome == "completed" || outcome.starts_with("refused:")),
+        "no request failed for an expired token: {outcomes:?}"
+    );
+    assert!(
+        report.measurements.attempt_errors.is_empty(),
+        "{:?}",
+        report.measurements.attempt_errors
+    );
+    assert!(report.verification.as_ref().unwrap().passed());
     ledger.stop().await;
 }
