@@ -196,7 +196,8 @@ row() { # label key
     echo "* pgbench talks to PostgreSQL directly: no HTTP, no authentication, no JSON. Its p99 comes"
     echo "  from its per-transaction log (\`-l\`)."
     echo "* Everything shares the same 2 cores: Tally, the load generator (\`tally-loadtest\` or"
-    echo "  pgbench) and PostgreSQL. Figures move by ±20 % between runs on this shared machine."
+    echo "  pgbench) and PostgreSQL. Figures move by up to a third between runs of this script on"
+    echo "  this shared machine: compare the rows of one run, not figures across runs."
     echo
     echo "Machine: $(nproc) cores ($cpu), $memory memory, Linux $(uname -r);"
     echo "PostgreSQL $postgres on the same host (synchronous_commit=$sync_commit). Measured $(date -u +%Y-%m-%d)"

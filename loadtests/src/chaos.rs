@@ -70,7 +70,8 @@ pub enum Disruption {
 /// so no two disruptions overlap.
 pub fn schedule(duration: Duration, kills: u32, restart_postgres: bool) -> Vec<(Duration, Disruption)> {
     let slot = duration / (kills + 1);
-    let mut events: Vec<(Duration, Disruption)> = (1..=kills).map(|k| (slot * k, Disruption::KillTally)).collect();
+    let mut events: Vec<(Duration, Disruption)> =
+        (1..=kills).map(|kill| (slot * kill, Disruption::KillTally)).collect();
     if restart_postgres {
         let at = if kills >= 2 {
             slot * 3 / 2
@@ -260,7 +261,10 @@ pub async fn chaos(mut plan: ChaosPlan) -> anyhow::Result<Report> {
         ),
         Err(error) => println!("chaos: stopping Tally: {error:#}"),
     }
-    let passed = report.verification.as_ref().is_some_and(|v| v.passed());
+    let passed = report
+        .verification
+        .as_ref()
+        .is_some_and(|verification| verification.passed());
     if let Some(pool) = store.postgres_pool() {
         pool.close().await;
     }

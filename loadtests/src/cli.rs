@@ -286,8 +286,9 @@ pub struct VerifyCommand {
     pub server: ServerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// run.json of an earlier run: also check each of its writes (and, when it read the
-    /// balances before, every balance against its movements).
+    /// run.json of an earlier run: also check each of its writes, and every balance
+    /// against the balances before it plus its movements (which only holds while
+    /// nothing else has moved money since that run).
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Check the store only: no idle wait and no API balances (the server may be down).

@@ -444,7 +444,7 @@ fn write_answer(answer: &Answer) -> WriteAnswer {
             id,
             status: answer
                 .transaction()
-                .and_then(|t| t["status"].as_str())
+                .and_then(|transaction| transaction["status"].as_str())
                 .unwrap_or("?")
                 .to_string(),
             code: answer.code_or_status(),
@@ -482,7 +482,12 @@ impl Executor for HttpExecutor {
                 Err(error) => {
                     uncertain = true;
                     attempt_errors.push(error.kind.to_string());
-                    class = OutcomeClass::Unknown(error.kind.to_string());
+                    // A read that got no answer simply failed; a write's outcome is open.
+                    class = if is_write {
+                        OutcomeClass::Unknown(error.kind.to_string())
+                    } else {
+                        OutcomeClass::Failed(error.kind.to_string())
+                    };
                     if let Some(record) = &mut record {
                         record.answer = WriteAnswer::Unknown {
                             last_error: error.to_string(),
@@ -566,6 +571,196 @@ pub fn amount_flag(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One scripted answer of the fake server; `None` closes the connection unanswered.
+    type Scripted = Option<(u16, Value)>;
+
+    /// The requests the fake server saw: path and idempotency key.
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+    /// A fake Tally on the loopback: answers every login, and each other request with the
+    /// next scripted answer, recording the path and the idempotency key it carried.
+    struct FakeTally {
+        base_url: String,
+        seen: Seen,
+    }
+
+    async fn fake_tally(script: Vec<Scripted>) -> FakeTally {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (seen, script) = (recorded.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    // Headers, then the body by its content-length.
+                    let head_end = loop {
+                        let read = stream.read(&mut buffer).await.unwrap();
+                        if read == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..read]);
+                        if let Some(end) = request.windows(4).position(|window| window == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+                    let header = |name: &str| {
+                        head.lines().find_map(|line| {
+                            let (key, value) = line.split_once(':')?;
+                            key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+                        })
+                    };
+                    let length: usize = header("content-length")
+                        .and_then(|value| value.parse().ok())
+                        .unwrap_or(0);
+                    while request.len() < head_end + length {
+                        let read = stream.read(&mut buffer).await.unwrap();
+                        request.extend_from_slice(&buffer[..read]);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let answer = if path == "/api/v1/auth/login" {
+                        Some((200, json!({ "access_token": "token", "user": { "id": 7 } })))
+                    } else {
+                        seen.lock().unwrap().push((path, header("idempotency-key")));
+                        script
+                            .lock()
+                            .unwrap()
+                            .pop_front()
+                            .expect("a scripted answer per request")
+                    };
+                    let Some((status, body)) = answer else {
+                        return;
+                    };
+                    let body = body.to_string();
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                         retry-after: 0\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        FakeTally { base_url, seen }
+    }
+
+    async fn executor(fake: &FakeTally, keys: bool, attempts_max: u32) -> HttpExecutor {
+        let client = ApiClient::login(&fake.base_url, "admin", "password", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(client.admin_id(), 7);
+        HttpExecutor {
+            client: Arc::new(client),
+            key_prefix: keys.then(|| "run-test".to_string()),
+            retry: RetryPolicy {
+                attempts_max,
+                retry_time_max: Duration::from_secs(10),
+            },
+            writes: Arc::new(WriteLog::default()),
+        }
+    }
+
+    const TRANSFER: Operation = Operation::Transfer {
+        from: 1,
+        to: 2,
+        amount_minor: 500,
+    };
+
+    #[tokio::test]
+    async fn a_keyed_write_is_retried_with_the_same_key_until_it_gets_an_answer() {
+        let id = Uuid::now_v7();
+        let fake = fake_tally(vec![
+            Some((503, json!({ "code": "unavailable" }))),
+            None,
+            Some((201, json!({ "id": id.to_string(), "status": "completed" }))),
+        ])
+        .await;
+        let executor = executor(&fake, true, 5).await;
+        let outcome = executor.execute(41, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Completed);
+        assert_eq!(outcome.attempt_errors, ["unavailable", "transport_other"]);
+        let seen = fake.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        for (path, key) in &seen {
+            assert_eq!(path, "/api/v1/transactions/transfer");
+            assert_eq!(
+                key.as_deref(),
+                Some("run-test-41"),
+                "every attempt carries the same key"
+            );
+        }
+        let writes = executor.writes.take();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].attempts, 3);
+        assert_eq!(writes[0].answer, WriteAnswer::Completed { id, replayed: false });
+    }
+
+    #[tokio::test]
+    async fn without_keys_a_write_is_sent_once_and_a_503_leaves_it_unknown() {
+        let fake = fake_tally(vec![Some((503, json!({ "code": "overloaded" })))]).await;
+        let executor = executor(&fake, false, 5).await;
+        let outcome = executor.execute(0, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Unknown("overloaded".into()));
+        let seen = fake.seen.lock().unwrap().clone();
+        assert_eq!(seen, [("/api/v1/transactions/transfer".to_string(), None)]);
+        let writes = executor.writes.take();
+        assert_eq!(
+            writes[0].answer,
+            WriteAnswer::Unknown {
+                last_error: "overloaded".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_after_a_lost_answer_does_not_prove_the_write_was_not_applied() {
+        // The first attempt may have been applied; a 429 on the retry says nothing about it.
+        let fake = fake_tally(vec![None, Some((429, json!({ "code": "rate_limited" })))]).await;
+        let executor = executor(&fake, true, 2).await;
+        let outcome = executor.execute(3, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Unknown("rate_limited".into()));
+        let writes = executor.writes.take();
+        assert!(
+            matches!(&writes[0].answer, WriteAnswer::Unknown { last_error } if last_error.contains("unanswered")),
+            "{:?}",
+            writes[0].answer
+        );
+    }
+
+    #[tokio::test]
+    async fn a_business_refusal_is_an_answer_not_an_error_and_is_not_retried() {
+        let id = Uuid::now_v7();
+        let fake = fake_tally(vec![Some((
+            422,
+            json!({ "code": "insufficient_funds", "transaction": { "id": id.to_string(), "status": "failed" } }),
+        ))])
+        .await;
+        let executor = executor(&fake, true, 5).await;
+        let outcome = executor.execute(9, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Refused("insufficient_funds".into()));
+        assert!(outcome.attempt_errors.is_empty());
+        assert_eq!(fake.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_carry_no_key_and_a_lost_answer_is_a_failure() {
+        let fake = fake_tally(vec![None]).await;
+        let executor = executor(&fake, false, 5).await;
+        let outcome = executor.execute(0, Operation::Balance { user: 4 }).await;
+        assert_eq!(outcome.class, OutcomeClass::Failed("transport_other".into()));
+        assert_eq!(
+            fake.seen.lock().unwrap().clone(),
+            [("/api/v1/balances/current/4".to_string(), None)]
+        );
+        assert!(executor.writes.take().is_empty(), "reads are not in the write log");
+    }
 
     fn answer(status: u16, body: Value) -> Answer {
         Answer {

@@ -335,13 +335,13 @@ impl Report {
     /// The report for a person.
     pub fn render(&self) -> String {
         let mut text = String::new();
-        let m = &self.measurements;
+        let measurements = &self.measurements;
         let _ = writeln!(text, "\n== run {} ({})", self.run_id, self.target);
         let _ = writeln!(
             text,
             "{} for {:.1} s, shape {}, {} accounts, idempotency keys {}",
             self.pacing,
-            m.duration_seconds,
+            measurements.duration_seconds,
             self.shape,
             self.accounts,
             if self.idempotency_keys { "on" } else { "off" }
@@ -351,36 +351,43 @@ impl Report {
             "\n{:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "operation", "count", "per second", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
         );
-        let mut rows: Vec<(&str, &LatencySummary)> = m
+        let mut rows: Vec<(&str, &LatencySummary)> = measurements
             .per_operation
             .iter()
             .map(|(name, summary)| (name.as_str(), summary))
             .collect();
-        rows.push(("all", &m.overall));
-        for (name, s) in rows {
+        rows.push(("all", &measurements.overall));
+        for (name, summary) in rows {
             let _ = writeln!(
                 text,
                 "{:<10} {:>9} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-                name, s.count, s.per_second, s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms
+                name,
+                summary.count,
+                summary.per_second,
+                summary.p50_ms,
+                summary.p90_ms,
+                summary.p99_ms,
+                summary.p999_ms,
+                summary.max_ms
             );
         }
         let _ = writeln!(text, "\noutcomes:");
-        for (outcome, count) in &m.outcomes {
+        for (outcome, count) in &measurements.outcomes {
             let _ = writeln!(text, "  {outcome:<36} {count:>9}");
         }
-        if !m.attempt_errors.is_empty() {
+        if !measurements.attempt_errors.is_empty() {
             let _ = writeln!(
                 text,
                 "error answers and transport errors, every attempt (retried ones too):"
             );
-            for (code, count) in &m.attempt_errors {
+            for (code, count) in &measurements.attempt_errors {
                 let _ = writeln!(text, "  {code:<36} {count:>9}");
             }
         }
-        let _ = writeln!(text, "accepted writes (2xx): {}", m.accepted_writes);
-        if !m.events.is_empty() {
+        let _ = writeln!(text, "accepted writes (2xx): {}", measurements.accepted_writes);
+        if !measurements.events.is_empty() {
             let _ = writeln!(text, "events:");
-            for event in &m.events {
+            for event in &measurements.events {
                 let _ = writeln!(text, "  {:>7.2} s  {}", event.elapsed_seconds, event.what);
             }
         }

@@ -198,10 +198,10 @@ impl FromStr for Mix {
 pub fn parse_minor(text: &str) -> Result<i64, String> {
     let text = text.trim();
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 2 {
+    if whole.is_empty() || !whole.bytes().all(|byte| byte.is_ascii_digit()) || fraction.len() > 2 {
         return Err(format!("{text:?} is not an amount like 12.34"));
     }
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if !fraction.bytes().all(|byte| byte.is_ascii_digit()) {
         return Err(format!("{text:?} is not an amount like 12.34"));
     }
     let whole: i64 = whole.parse().map_err(|_| format!("{text:?} is too large"))?;
