@@ -310,6 +310,7 @@ pub struct ChaosCommand {
     /// The admin Tally is started with and the load logs in as.
     #[arg(long, default_value = "admin")]
     pub admin_username: String,
+    /// The first admin's password (8+ characters), given to Tally and used to log in.
     #[arg(long, default_value = "admin-password")]
     pub admin_password: String,
     /// SIGKILL-and-restart cycles, spread evenly over --duration.
