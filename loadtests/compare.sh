@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Tally against plain PostgreSQL on this machine, side by side: builds Tally in release,
+# starts it on a fresh PostgreSQL database with strict durability and then relaxed, sets
+# up N users, and runs Tally's load and the pgbench baseline (loadtests/baseline/) back
+# to back for each shape (uniform over N accounts; a hot set of K), at one concurrency.
+# Writes one markdown table, the machine and the command into BENCHMARKS.md.
+#
+#   loadtests/compare.sh [--users 100000] [--hot 10] [--concurrency 64] [--duration 15]
+#                        [--database-url postgres://postgres@127.0.0.1:5432/postgres]
+#                        [--port 18480] [--output target/compare] [--skip-build]
+#
+# The default run takes about 5 minutes after the build (add about 6 minutes for a
+# clean release build on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+USERS=100000
+HOT=10
+CONCURRENCY=64
+DURATION=15
+SERVER_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+PORT=18480
+OUTPUT=""
+BUILD=1
+COMMAND="loadtests/compare.sh${*:+ $*}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --users) USERS="$2"; shift 2 ;;
+        --hot) HOT="$2"; shift 2 ;;
+        --concurrency) CONCURRENCY="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --database-url) SERVER_URL="$2"; shift 2 ;;
+        --port) PORT="$2"; shift 2 ;;
+        --output) OUTPUT="$2"; shift 2 ;;
+        --skip-build) BUILD=0; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+TARGET="${CARGO_TARGET_DIR:-target}"
+OUTPUT="${OUTPUT:-$TARGET/compare}"
+TALLY="$TARGET/release/tally"
+LOADTEST="$TARGET/release/tally-loadtest"
+STAMP="$(date -u +%Y%m%d%H%M%S)"
+TALLY_DB="tally_compare_$STAMP"
+BASELINE_DB="tally_baseline_$STAMP"
+ADMIN_PASSWORD="compare-admin-password"
+# Each account starts with 1000.00, in Tally and in the baseline alike.
+INITIAL_BALANCE_MINOR=100000
+TALLY_PID=""
+
+log() { printf '\n== %s\n' "$*"; }
+database_url() { printf '%s' "${SERVER_URL%/*}/$1"; }
+
+stop_tally() {
+    if [ -n "$TALLY_PID" ] && kill -0 "$TALLY_PID" 2>/dev/null; then
+        kill -TERM "$TALLY_PID"
+        for _ in $(seq 1 300); do kill -0 "$TALLY_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$TALLY_PID" 2>/dev/null || true
+    fi
+    TALLY_PID=""
+}
+cleanup() {
+    stop_tally
+    psql -q "$SERVER_URL" -c "DROP DATABASE IF EXISTS $TALLY_DB WITH (FORCE)" \
+        -c "DROP DATABASE IF EXISTS $BASELINE_DB WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+start_tally() { # durability
+    TALLY_DURABILITY="$1" HOST=127.0.0.1 PORT="$PORT" DATABASE_URL="$(database_url "$TALLY_DB")" \
+        JWT_SECRET="compare-secret-compare-secret-0123456789" \
+        TALLY_ADMIN_USERNAME=admin TALLY_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
+        TALLY_RATE_LIMIT_IP_PER_SECOND=1000000 TALLY_RATE_LIMIT_IP_BURST=1000000 \
+        TALLY_RATE_LIMIT_USER_PER_SECOND=1000000 TALLY_RATE_LIMIT_USER_BURST=1000000 \
+        TALLY_RATE_LIMIT_LOGIN_PER_MINUTE=1000000 TALLY_RATE_LIMIT_LOGIN_BURST=1000000 \
+        LOG_FORMAT=json RUST_LOG=warn "$TALLY" >"$OUTPUT/tally-$1.log" 2>&1 &
+    TALLY_PID=$!
+    for _ in $(seq 1 600); do
+        curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0
+        kill -0 "$TALLY_PID" 2>/dev/null || { tail -20 "$OUTPUT/tally-$1.log"; exit 1; }
+        sleep 0.1
+    done
+    echo "Tally did not become ready in 60 s" >&2; exit 1
+}
+
+# "throughput p99 refused-percent accepted-writes queued-at-end" of a Tally run's result.json.
+tally_figures() {
+    python3 - "$1/result.json" <<'PYTHON'
+import json, sys
+measurements = json.load(open(sys.argv[1]))["measurements"]
+overall = measurements["overall"]
+refused = sum(n for outcome, n in measurements["outcomes"].items() if outcome.startswith("refused:"))
+queued = json.load(open(sys.argv[1]))["server"].get("queue_depth_at_end") or 0
+print(f"{overall['per_second']:.0f} {overall['p99_ms']:.1f} {100 * refused / max(overall['count'], 1):.2f} "
+      f"{measurements['accepted_writes']} {queued:.0f}")
+PYTHON
+}
+
+mkdir -p "$OUTPUT"
+if [ "$BUILD" = 1 ]; then
+    log "building Tally and the load tester (release)"
+    cargo build --release -p tally -p tally-loadtest
+fi
+pg_isready -q -d "$SERVER_URL"
+
+declare -A THROUGHPUT P99 ACCEPTED QUEUED
+REFUSED_MAX=0
+SHAPES=(uniform hot)
+shape_flags() { # shape
+    case "$1" in
+        uniform) echo "--shape uniform" ;;
+        hot) echo "--shape hot-set --hot-accounts $HOT" ;;
+    esac
+}
+
+log "Tally: fresh database $TALLY_DB"
+psql -q "$SERVER_URL" -c "CREATE DATABASE $TALLY_DB"
+for durability in strict relaxed; do
+    log "Tally, $durability durability"
+    start_tally "$durability"
+    "$LOADTEST" setup --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
+        --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
+        --initial-balance 1000.00 --request-timeout 60s | grep -v ' accounts checked$'
+    for shape in "${SHAPES[@]}"; do
+        log "Tally $durability, $shape: $CONCURRENCY connections for ${DURATION}s"
+        # shellcheck disable=SC2046
+        "$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
+            --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
+            $(shape_flags "$shape") --concurrency "$CONCURRENCY" --duration "${DURATION}s" \
+            --output "$OUTPUT/tally-$durability-$shape" --quiet --idle-timeout 120s
+        read -r tps p99 refused accepted queued < <(tally_figures "$OUTPUT/tally-$durability-$shape")
+        ACCEPTED["$durability-$shape"]=$accepted
+        QUEUED["$durability-$shape"]=$queued
+        REFUSED_MAX=$(python3 -c "print(max($REFUSED_MAX, $refused))")
+        THROUGHPUT["$durability-$shape"]=$tps
+        P99["$durability-$shape"]=$p99
+    done
+    stop_tally
+done
+
+log "plain PostgreSQL: fresh database $BASELINE_DB"
+psql -q "$SERVER_URL" -c "CREATE DATABASE $BASELINE_DB"
+psql -q "$(database_url "$BASELINE_DB")" -v accounts="$USERS" -v initial_balance="$INITIAL_BALANCE_MINOR" \
+    -f loadtests/baseline/setup.sql
+for shape in "${SHAPES[@]}"; do
+    range=$USERS
+    [ "$shape" = hot ] && range=$HOT
+    log "plain PostgreSQL, $shape: pgbench, $CONCURRENCY clients for ${DURATION}s"
+    rm -f "$OUTPUT"/pgbench-"$shape".*
+    pgbench -n -M prepared -c "$CONCURRENCY" -j 2 -T "$DURATION" -D range="$range" \
+        -f loadtests/baseline/transfer.sql -l --log-prefix "$OUTPUT/pgbench-$shape" \
+        "$(database_url "$BASELINE_DB")" | tee "$OUTPUT/pgbench-$shape.txt"
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$OUTPUT/pgbench-$shape.txt" | tail -1)
+    # The third column of pgbench's per-transaction log is the latency in microseconds.
+    p99=$(cat "$OUTPUT"/pgbench-"$shape".[0-9]* | awk '{print $3}' | sort -n |
+        awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.1f", v[i]/1000}')
+    THROUGHPUT["postgres-$shape"]=$(printf '%.0f' "$tps")
+    P99["postgres-$shape"]=$p99
+done
+balance_check=$(psql -tA "$(database_url "$BASELINE_DB")" -c \
+    "SELECT sum(balance) = $USERS::bigint * $INITIAL_BALANCE_MINOR AND min(balance) >= 0 FROM baseline_accounts")
+[ "$balance_check" = t ] || { echo "the baseline broke conservation" >&2; exit 1; }
+
+log "writing BENCHMARKS.md"
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+memory=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')
+postgres=$(psql -tA "$SERVER_URL" -c "SHOW server_version" | cut -d' ' -f1)
+sync_commit=$(psql -tA "$SERVER_URL" -c "SHOW synchronous_commit")
+row() { # label key
+    printf '| %s | %s | %s | %s | %s |\n' "$1" "${THROUGHPUT[$2-uniform]}" "${P99[$2-uniform]}" \
+        "${THROUGHPUT[$2-hot]}" "${P99[$2-hot]}"
+}
+{
+    echo "# Benchmarks"
+    echo
+    echo "Tally against the same transfer in plain PostgreSQL (\`loadtests/baseline/\`), measured"
+    echo "side by side on one machine by \`loadtests/compare.sh\`. Transfers only, amounts 0.01–10.00,"
+    echo "every account starting at 1000.00; $CONCURRENCY concurrent clients, closed loop, ${DURATION} s per cell."
+    echo
+    echo "| system | uniform, $USERS accounts: transfers/s | uniform: p99 ms | hot set of $HOT: transfers/s | hot set: p99 ms |"
+    echo "|---|---|---|---|---|"
+    row "Tally, strict durability (HTTP, JSON, JWT; acknowledged once committed)" strict
+    row "Tally, relaxed durability (acknowledged once applied in memory)" relaxed
+    row "plain PostgreSQL (pgbench -M prepared, one SQL transaction per transfer)" postgres
+    echo
+    echo "* Tally's figures are whole HTTP requests from \`tally-loadtest run\` (release build) over"
+    echo "  the loopback: login-issued JWT on every request, JSON in and out, idempotency keys off;"
+    echo "  every run was followed by its verification (all checks passed). Its throughput counts"
+    echo "  every answered transfer; refused ones (insufficient funds) were at most $REFUSED_MAX % of a run."
+    echo "* Relaxed durability acknowledges before the write is durable, so its throughput is what"
+    echo "  Tally accepted, not what PostgreSQL committed: when the load stopped, ${QUEUED[relaxed-uniform]} of the"
+    echo "  ${ACCEPTED[relaxed-uniform]} writes accepted in the uniform run and ${QUEUED[relaxed-hot]} of the ${ACCEPTED[relaxed-hot]} in the hot run were"
+    echo "  still queued for the persister (\`tally_persister_queue_depth\`; all were durable before verification)."
+    echo "* pgbench talks to PostgreSQL directly: no HTTP, no authentication, no JSON. Its p99 comes"
+    echo "  from its per-transaction log (\`-l\`)."
+    echo "* Everything shares the same 2 cores: Tally, the load generator (\`tally-loadtest\` or"
+    echo "  pgbench) and PostgreSQL. Figures move by up to a third between runs of this script on"
+    echo "  this shared machine: compare the rows of one run, not figures across runs."
+    echo
+    echo "Machine: $(nproc) cores ($cpu), $memory memory, Linux $(uname -r);"
+    echo "PostgreSQL $postgres on the same host (synchronous_commit=$sync_commit). Measured $(date -u +%Y-%m-%d)"
+    echo "at commit $(git rev-parse --short HEAD)."
+    echo
+    echo "Reproduce (about 5 minutes after the release build; durations and sizes are flags):"
+    echo
+    echo '```sh'
+    echo "$COMMAND"
+    echo '```'
+    echo
+    echo "Each run's report, result.json, timeline.svg and pgbench output are left in \`$OUTPUT/\`."
+} > BENCHMARKS.md
+cat BENCHMARKS.md

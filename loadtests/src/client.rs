@@ -1,0 +1,867 @@
+//! Talking to Tally over HTTP: an [`ApiClient`] logged in as the admin (logging in again
+//! when a token expires), and the [`HttpExecutor`] that turns each operation into a
+//! request, retries what may be retried, and writes every write's outcome to the
+//! [`WriteLog`] the verifier checks afterwards.
+//!
+//! Retrying: a write is retried only with an idempotency key, since a 503 or a lost
+//! answer leaves its outcome unknown and only the same key makes a retry safe. Reads are
+//! retried whenever keys are on (the chaos runs). Every retry loop is bounded in attempts
+//! and in time.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::report::{Outcome, OutcomeClass};
+use crate::runner::Executor;
+use crate::workload::{Operation, OperationKind, format_minor, parse_minor};
+
+/// Idle keep-alive connections kept per host: enough for the highest concurrency a
+/// run on this kind of machine uses, so a closed loop never reconnects.
+const IDLE_CONNECTIONS_MAX: usize = 1024;
+
+/// How long a connection attempt may take; on the loopback anything longer means the
+/// server is not listening (restarting, in a chaos run).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often one request logs in again after 401s before giving up: a fresh token that
+/// is refused at once twice means the credentials, not the expiry, are wrong.
+const RELOGIN_ATTEMPTS_MAX: usize = 2;
+
+/// The longest `Retry-After` honoured; the server asks for seconds, a load test that
+/// waits longer learns nothing more.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(2);
+
+/// First and largest pause between retries after a transport error (exponential in
+/// between): short, because a restarted server is back within a second or two.
+const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// What an answer said, read whole.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The problem's `code` (errors only).
+    pub code: Option<String>,
+    pub body: Value,
+    pub retry_after: Option<Duration>,
+    /// `idempotent-replayed: true`: the outcome of an earlier request with this key.
+    pub replayed: bool,
+}
+
+impl Answer {
+    /// The code to count this answer under.
+    pub fn code_or_status(&self) -> String {
+        self.code.clone().unwrap_or_else(|| format!("http_{}", self.status))
+    }
+
+    /// The transaction in the answer: the body of a 201, or the `transaction` of a 422.
+    fn transaction(&self) -> Option<&Value> {
+        if self.status == 201 {
+            Some(&self.body)
+        } else {
+            self.body.get("transaction").filter(|value| value.is_object())
+        }
+    }
+}
+
+/// A request that got no answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct TransportError {
+    /// `transport_connect`, `transport_timeout`, `transport_other`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl From<reqwest::Error> for TransportError {
+    fn from(error: reqwest::Error) -> Self {
+        let kind = if error.is_connect() {
+            "transport_connect"
+        } else if error.is_timeout() {
+            "transport_timeout"
+        } else {
+            "transport_other"
+        };
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        TransportError { kind, message }
+    }
+}
+
+#[derive(Debug)]
+struct Token {
+    value: String,
+    /// Bumped at every login, so concurrent 401s log in once.
+    generation: u64,
+}
+
+/// A client of one Tally, logged in as an admin.
+#[derive(Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base_url: String,
+    username: String,
+    password: String,
+    token: tokio::sync::Mutex<Token>,
+    /// The admin's user id: the initiator of every write, to which keys are scoped.
+    admin_id: i64,
+}
+
+impl ApiClient {
+    /// Log in as `username` at `base_url` (`http://host:port`).
+    pub async fn login(
+        base_url: &str,
+        username: &str,
+        password: &str,
+        request_timeout: Duration,
+    ) -> anyhow::Result<ApiClient> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_MAX)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(request_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let (token, admin_id) = log_in(&http, &base_url, username, password).await?;
+        Ok(ApiClient {
+            http,
+            base_url,
+            username: username.to_string(),
+            password: password.to_string(),
+            token: tokio::sync::Mutex::new(Token {
+                value: token,
+                generation: 0,
+            }),
+            admin_id,
+        })
+    }
+
+    pub fn admin_id(&self) -> i64 {
+        self.admin_id
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    async fn current_token(&self) -> (String, u64) {
+        let token = self.token.lock().await;
+        (token.value.clone(), token.generation)
+    }
+
+    /// Log in again unless someone already did since `seen_generation`.
+    async fn refresh_token(&self, seen_generation: u64) -> Result<(), TransportError> {
+        let mut token = self.token.lock().await;
+        if token.generation != seen_generation {
+            return Ok(());
+        }
+        let (value, _) = log_in(&self.http, &self.base_url, &self.username, &self.password)
+            .await
+            .map_err(|error| TransportError {
+                kind: "login_failed",
+                message: format!("{error:#}"),
+            })?;
+        token.value = value;
+        token.generation += 1;
+        Ok(())
+    }
+
+    /// Send one request under `/api/v1` (or at the root for paths starting `/healthz`,
+    /// `/readyz`, `/metrics`), logging in again on 401.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, TransportError> {
+        let url = format!("{}/api/v1{path}", self.base_url);
+        let mut answer = None;
+        for _ in 0..=RELOGIN_ATTEMPTS_MAX {
+            let (token, generation) = self.current_token().await;
+            let mut request = self.http.request(method.clone(), &url).bearer_auth(token);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(key) = idempotency_key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let reply = read_answer(request.send().await?).await?;
+            if reply.status != 401 {
+                return Ok(reply);
+            }
+            answer = Some(reply);
+            self.refresh_token(generation).await?;
+        }
+        Ok(answer.expect("the loop ran at least once"))
+    }
+
+    /// `GET` a path outside `/api/v1` (probes, metrics) as text.
+    pub async fn get_root(&self, path: &str) -> Result<(u16, String), TransportError> {
+        let response = self.http.get(format!("{}{path}", self.base_url)).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// The request for an operation: method, path and body.
+    pub fn request_for(operation: &Operation) -> (reqwest::Method, String, Option<Value>) {
+        use reqwest::Method;
+        match *operation {
+            Operation::Transfer { from, to, amount_minor } => (
+                Method::POST,
+                "/transactions/transfer".into(),
+                Some(json!({ "from_user_id": from, "to_user_id": to, "amount": format_minor(amount_minor) })),
+            ),
+            Operation::Credit { user, amount_minor } => (
+                Method::POST,
+                "/transactions/credit".into(),
+                Some(json!({ "user_id": user, "amount": format_minor(amount_minor) })),
+            ),
+            Operation::Debit { user, amount_minor } => (
+                Method::POST,
+                "/transactions/debit".into(),
+                Some(json!({ "user_id": user, "amount": format_minor(amount_minor) })),
+            ),
+            Operation::History { user } => (Method::GET, format!("/transactions/user/{user}?limit=20"), None),
+            Operation::Balance { user } => (Method::GET, format!("/balances/current/{user}"), None),
+        }
+    }
+
+    pub async fn perform(&self, operation: &Operation, key: Option<&str>) -> Result<Answer, TransportError> {
+        let (method, path, body) = Self::request_for(operation);
+        self.send(method, &path, body.as_ref(), key).await
+    }
+
+    /// An account's balance and version from `/balances/current/{id}`.
+    pub async fn balance(&self, user: i64) -> anyhow::Result<(i64, u64)> {
+        let answer = self
+            .send(reqwest::Method::GET, &format!("/balances/current/{user}"), None, None)
+            .await?;
+        if answer.status != 200 {
+            bail!(
+                "GET /balances/current/{user} answered {} {}",
+                answer.status,
+                answer.body
+            );
+        }
+        let balance = answer.body["balance"]
+            .as_str()
+            .context("a balance string")
+            .and_then(parse_signed)?;
+        let version = answer.body["version"].as_u64().context("a version")?;
+        Ok((balance, version))
+    }
+
+    /// `/readyz` as JSON (whatever its status).
+    pub async fn readiness(&self) -> anyhow::Result<Value> {
+        let (_, text) = self.get_root("/readyz").await?;
+        serde_json::from_str(&text).with_context(|| format!("/readyz is not JSON: {text}"))
+    }
+}
+
+fn parse_signed(text: &str) -> anyhow::Result<i64> {
+    crate::workload::parse_signed_minor(text).map_err(anyhow::Error::msg)
+}
+
+async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportError> {
+    let status = response.status().as_u16();
+    let headers = response.headers();
+    let retry_after = headers
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let replayed = headers
+        .get("idempotent-replayed")
+        .is_some_and(|value| value.as_bytes() == b"true");
+    let bytes = response.bytes().await?;
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let code = (status >= 400)
+        .then(|| body.get("code").and_then(Value::as_str).map(str::to_string))
+        .flatten();
+    Ok(Answer {
+        status,
+        code,
+        body,
+        retry_after,
+        replayed,
+    })
+}
+
+async fn log_in(
+    http: &reqwest::Client,
+    base_url: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<(String, i64)> {
+    let response = http
+        .post(format!("{base_url}/api/v1/auth/login"))
+        .json(&json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .with_context(|| format!("logging in at {base_url}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.context("reading the login answer")?;
+    if !status.is_success() {
+        bail!("logging in as {username} at {base_url} answered {status}: {body}");
+    }
+    let token = body["access_token"]
+        .as_str()
+        .context("the login answer has an access_token")?
+        .to_string();
+    let id = body["user"]["id"].as_i64().context("the login answer has user.id")?;
+    Ok((token, id))
+}
+
+/// How a write ended, as far as the client knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "answer")]
+pub enum WriteAnswer {
+    /// 201: applied; `replayed` when the answer replayed an earlier attempt's outcome.
+    Completed { id: Uuid, replayed: bool },
+    /// 422 with the recorded attempt (`failed` or `rolled_back`).
+    Refused { id: Uuid, status: String, code: String },
+    /// An error answer that says nothing was applied (429, a validation error).
+    NotApplied { code: String },
+    /// No answer, or an answer that leaves the outcome open (503, 500): with a key, the
+    /// verifier looks the outcome up in the store.
+    Unknown { last_error: String },
+}
+
+/// One write the run sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRecord {
+    pub sequence: u64,
+    pub kind: OperationKind,
+    /// The source account; 0 (external) for a credit.
+    pub from: i64,
+    /// The target account; 0 (external) for a debit.
+    pub to: i64,
+    pub amount_minor: i64,
+    pub key: Option<String>,
+    pub attempts: u32,
+    #[serde(flatten)]
+    pub answer: WriteAnswer,
+}
+
+impl WriteRecord {
+    fn new(sequence: u64, operation: &Operation, key: Option<String>) -> Option<WriteRecord> {
+        let (kind, from, to, amount_minor) = match *operation {
+            Operation::Transfer { from, to, amount_minor } => (OperationKind::Transfer, from, to, amount_minor),
+            Operation::Credit { user, amount_minor } => (OperationKind::Credit, 0, user, amount_minor),
+            Operation::Debit { user, amount_minor } => (OperationKind::Debit, user, 0, amount_minor),
+            Operation::History { .. } | Operation::Balance { .. } => return None,
+        };
+        Some(WriteRecord {
+            sequence,
+            kind,
+            from,
+            to,
+            amount_minor,
+            key,
+            attempts: 0,
+            answer: WriteAnswer::Unknown {
+                last_error: "not sent".into(),
+            },
+        })
+    }
+}
+
+/// Every write of a run and what the client was told, for the verifier.
+#[derive(Debug, Default)]
+pub struct WriteLog {
+    writes: Mutex<Vec<WriteRecord>>,
+}
+
+impl WriteLog {
+    pub fn push(&self, record: WriteRecord) {
+        self.writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(record);
+    }
+
+    /// The writes in the order they were sent.
+    pub fn take(&self) -> Vec<WriteRecord> {
+        let mut writes = std::mem::take(&mut *self.writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        writes.sort_by_key(|write| write.sequence);
+        writes
+    }
+}
+
+/// The retry policy of keyed runs.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Attempts per operation, the first included.
+    pub attempts_max: u32,
+    /// The longest one operation keeps retrying, from its first attempt: bounds the wait
+    /// for a server that does not come back.
+    pub retry_time_max: Duration,
+}
+
+/// Sends operations through an [`ApiClient`].
+#[derive(Debug)]
+pub struct HttpExecutor {
+    pub client: Arc<ApiClient>,
+    /// Prefix of this run's idempotency keys; `None`: no keys, no retries.
+    pub key_prefix: Option<String>,
+    pub retry: RetryPolicy,
+    pub writes: Arc<WriteLog>,
+}
+
+impl HttpExecutor {
+    fn key_for(&self, sequence: u64) -> Option<String> {
+        self.key_prefix.as_ref().map(|prefix| format!("{prefix}-{sequence}"))
+    }
+}
+
+/// How a write's answer is filed in the log.
+fn write_answer(answer: &Answer) -> WriteAnswer {
+    let id = answer
+        .transaction()
+        .and_then(|transaction| transaction.get("id"))
+        .and_then(Value::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok());
+    match (answer.status, id) {
+        (201, Some(id)) => WriteAnswer::Completed {
+            id,
+            replayed: answer.replayed,
+        },
+        (422, Some(id)) => WriteAnswer::Refused {
+            id,
+            status: answer
+                .transaction()
+                .and_then(|transaction| transaction["status"].as_str())
+                .unwrap_or("?")
+                .to_string(),
+            code: answer.code_or_status(),
+        },
+        // Refused before anything was recorded: rate limits, validation, a reused key,
+        // an unknown user.
+        (400..=499, _) => WriteAnswer::NotApplied {
+            code: answer.code_or_status(),
+        },
+        _ => WriteAnswer::Unknown {
+            last_error: answer.code_or_status(),
+        },
+    }
+}
+
+impl Executor for HttpExecutor {
+    async fn execute(&self, sequence: u64, operation: Operation) -> Outcome {
+        let is_write = operation.kind().is_write();
+        let key = if is_write { self.key_for(sequence) } else { None };
+        let retrying = self.key_prefix.is_some();
+        let mut record = WriteRecord::new(sequence, &operation, key.clone());
+        let started = Instant::now();
+        let mut attempt_errors = Vec::new();
+        let mut backoff = BACKOFF_FIRST;
+        let mut class = OutcomeClass::Unknown("not sent".into());
+        // Set once an attempt may have been applied without the client knowing: a later
+        // answer refusing a retry (429) then proves nothing about the first.
+        let mut uncertain = false;
+        for attempt in 1..=self.retry.attempts_max.max(1) {
+            if let Some(record) = &mut record {
+                record.attempts = attempt;
+            }
+            let pause;
+            match self.client.perform(&operation, key.as_deref()).await {
+                Err(error) => {
+                    uncertain = true;
+                    attempt_errors.push(error.kind.to_string());
+                    // A read that got no answer simply failed; a write's outcome is open.
+                    class = if is_write {
+                        OutcomeClass::Unknown(error.kind.to_string())
+                    } else {
+                        OutcomeClass::Failed(error.kind.to_string())
+                    };
+                    if let Some(record) = &mut record {
+                        record.answer = WriteAnswer::Unknown {
+                            last_error: error.to_string(),
+                        };
+                    }
+                    pause = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Ok(answer) => {
+                    if let Some(record) = &mut record {
+                        record.answer = write_answer(&answer);
+                    }
+                    let code = answer.code_or_status();
+                    match answer.status {
+                        200..=299 => {
+                            class = OutcomeClass::Completed;
+                            break;
+                        }
+                        422 if answer.transaction().is_some() => {
+                            class = OutcomeClass::Refused(code);
+                            break;
+                        }
+                        429 | 503 => {
+                            attempt_errors.push(code.clone());
+                            uncertain |= is_write && answer.status == 503;
+                            class = if is_write && answer.status == 503 {
+                                OutcomeClass::Unknown(code)
+                            } else {
+                                OutcomeClass::Failed(code)
+                            };
+                            pause = answer
+                                .retry_after
+                                .unwrap_or(backoff)
+                                .min(RETRY_AFTER_MAX)
+                                .max(BACKOFF_FIRST);
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
+                        _ => {
+                            attempt_errors.push(code.clone());
+                            class = if answer.status >= 500 && is_write {
+                                OutcomeClass::Unknown(code)
+                            } else {
+                                OutcomeClass::Failed(code)
+                            };
+                            break;
+                        }
+                    }
+                }
+            }
+            if !retrying || started.elapsed() + pause > self.retry.retry_time_max {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        if let Some(mut record) = record {
+            if uncertain && let WriteAnswer::NotApplied { code } = &record.answer {
+                record.answer = WriteAnswer::Unknown {
+                    last_error: format!("{code} after an unanswered attempt"),
+                };
+            }
+            if matches!(record.answer, WriteAnswer::Unknown { .. }) {
+                uncertain = true;
+            }
+            if uncertain && class != OutcomeClass::Completed && !matches!(class, OutcomeClass::Refused(_)) {
+                class = OutcomeClass::Unknown(match class {
+                    OutcomeClass::Unknown(code) | OutcomeClass::Failed(code) => code,
+                    _ => unreachable!("completed and refused are excluded"),
+                });
+            }
+            self.writes.push(record);
+        }
+        Outcome { class, attempt_errors }
+    }
+}
+
+/// Parse a decimal amount for a command-line flag.
+pub fn amount_flag(text: &str) -> Result<i64, String> {
+    parse_minor(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One scripted answer of the fake server; `None` closes the connection unanswered.
+    type Scripted = Option<(u16, Value)>;
+
+    /// The requests the fake server saw: path and idempotency key.
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+    /// A fake Tally on the loopback: answers every login, and each other request with the
+    /// next scripted answer, recording the path and the idempotency key it carried.
+    struct FakeTally {
+        base_url: String,
+        seen: Seen,
+    }
+
+    async fn fake_tally(script: Vec<Scripted>) -> FakeTally {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (seen, script) = (recorded.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    // Headers, then the body by its content-length.
+                    let head_end = loop {
+                        let read = stream.read(&mut buffer).await.unwrap();
+                        if read == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..read]);
+                        if let Some(end) = request.windows(4).position(|window| window == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+                    let header = |name: &str| {
+                        head.lines().find_map(|line| {
+                            let (key, value) = line.split_once(':')?;
+                            key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+                        })
+                    };
+                    let length: usize = header("content-length")
+                        .and_then(|value| value.parse().ok())
+                        .unwrap_or(0);
+                    while request.len() < head_end + length {
+                        let read = stream.read(&mut buffer).await.unwrap();
+                        request.extend_from_slice(&buffer[..read]);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let answer = if path == "/api/v1/auth/login" {
+                        Some((200, json!({ "access_token": "token", "user": { "id": 7 } })))
+                    } else {
+                        seen.lock().unwrap().push((path, header("idempotency-key")));
+                        script
+                            .lock()
+                            .unwrap()
+                            .pop_front()
+                            .expect("a scripted answer per request")
+                    };
+                    let Some((status, body)) = answer else {
+                        return;
+                    };
+                    let body = body.to_string();
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                         retry-after: 0\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        FakeTally { base_url, seen }
+    }
+
+    async fn executor(fake: &FakeTally, keys: bool, attempts_max: u32) -> HttpExecutor {
+        let client = ApiClient::login(&fake.base_url, "admin", "password", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(client.admin_id(), 7);
+        HttpExecutor {
+            client: Arc::new(client),
+            key_prefix: keys.then(|| "run-test".to_string()),
+            retry: RetryPolicy {
+                attempts_max,
+                retry_time_max: Duration::from_secs(10),
+            },
+            writes: Arc::new(WriteLog::default()),
+        }
+    }
+
+    const TRANSFER: Operation = Operation::Transfer {
+        from: 1,
+        to: 2,
+        amount_minor: 500,
+    };
+
+    #[tokio::test]
+    async fn a_keyed_write_is_retried_with_the_same_key_until_it_gets_an_answer() {
+        let id = Uuid::now_v7();
+        let fake = fake_tally(vec![
+            Some((503, json!({ "code": "unavailable" }))),
+            None,
+            Some((201, json!({ "id": id.to_string(), "status": "completed" }))),
+        ])
+        .await;
+        let executor = executor(&fake, true, 5).await;
+        let outcome = executor.execute(41, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Completed);
+        assert_eq!(outcome.attempt_errors, ["unavailable", "transport_other"]);
+        let seen = fake.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        for (path, key) in &seen {
+            assert_eq!(path, "/api/v1/transactions/transfer");
+            assert_eq!(
+                key.as_deref(),
+                Some("run-test-41"),
+                "every attempt carries the same key"
+            );
+        }
+        let writes = executor.writes.take();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].attempts, 3);
+        assert_eq!(writes[0].answer, WriteAnswer::Completed { id, replayed: false });
+    }
+
+    #[tokio::test]
+    async fn without_keys_a_write_is_sent_once_and_a_503_leaves_it_unknown() {
+        let fake = fake_tally(vec![Some((503, json!({ "code": "overloaded" })))]).await;
+        let executor = executor(&fake, false, 5).await;
+        let outcome = executor.execute(0, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Unknown("overloaded".into()));
+        let seen = fake.seen.lock().unwrap().clone();
+        assert_eq!(seen, [("/api/v1/transactions/transfer".to_string(), None)]);
+        let writes = executor.writes.take();
+        assert_eq!(
+            writes[0].answer,
+            WriteAnswer::Unknown {
+                last_error: "overloaded".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_after_a_lost_answer_does_not_prove_the_write_was_not_applied() {
+        // The first attempt may have been applied; a 429 on the retry says nothing about it.
+        let fake = fake_tally(vec![None, Some((429, json!({ "code": "rate_limited" })))]).await;
+        let executor = executor(&fake, true, 2).await;
+        let outcome = executor.execute(3, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Unknown("rate_limited".into()));
+        let writes = executor.writes.take();
+        assert!(
+            matches!(&writes[0].answer, WriteAnswer::Unknown { last_error } if last_error.contains("unanswered")),
+            "{:?}",
+            writes[0].answer
+        );
+    }
+
+    #[tokio::test]
+    async fn a_business_refusal_is_an_answer_not_an_error_and_is_not_retried() {
+        let id = Uuid::now_v7();
+        let fake = fake_tally(vec![Some((
+            422,
+            json!({ "code": "insufficient_funds", "transaction": { "id": id.to_string(), "status": "failed" } }),
+        ))])
+        .await;
+        let executor = executor(&fake, true, 5).await;
+        let outcome = executor.execute(9, TRANSFER).await;
+        assert_eq!(outcome.class, OutcomeClass::Refused("insufficient_funds".into()));
+        assert!(outcome.attempt_errors.is_empty());
+        assert_eq!(fake.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_carry_no_key_and_a_lost_answer_is_a_failure() {
+        let fake = fake_tally(vec![None]).await;
+        let executor = executor(&fake, false, 5).await;
+        let outcome = executor.execute(0, Operation::Balance { user: 4 }).await;
+        assert_eq!(outcome.class, OutcomeClass::Failed("transport_other".into()));
+        assert_eq!(
+            fake.seen.lock().unwrap().clone(),
+            [("/api/v1/balances/current/4".to_string(), None)]
+        );
+        assert!(executor.writes.take().is_empty(), "reads are not in the write log");
+    }
+
+    fn answer(status: u16, body: Value) -> Answer {
+        Answer {
+            status,
+            code: body.get("code").and_then(Value::as_str).map(str::to_string),
+            body,
+            retry_after: None,
+            replayed: false,
+        }
+    }
+
+    #[test]
+    fn answers_are_filed_by_what_they_say_about_the_write() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            write_answer(&answer(201, json!({ "id": id.to_string(), "status": "completed" }))),
+            WriteAnswer::Completed { id, replayed: false }
+        );
+        assert_eq!(
+            write_answer(&answer(
+                422,
+                json!({ "code": "insufficient_funds", "transaction": { "id": id.to_string(), "status": "failed" } })
+            )),
+            WriteAnswer::Refused {
+                id,
+                status: "failed".into(),
+                code: "insufficient_funds".into()
+            }
+        );
+        assert_eq!(
+            write_answer(&answer(429, json!({ "code": "rate_limited" }))),
+            WriteAnswer::NotApplied {
+                code: "rate_limited".into()
+            }
+        );
+        assert_eq!(
+            write_answer(&answer(503, json!({ "code": "unavailable" }))),
+            WriteAnswer::Unknown {
+                last_error: "unavailable".into()
+            }
+        );
+        assert_eq!(
+            write_answer(&answer(500, Value::Null)),
+            WriteAnswer::Unknown {
+                last_error: "http_500".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_operation_maps_to_its_route_and_body() {
+        let (method, path, body) = ApiClient::request_for(&Operation::Transfer {
+            from: 3,
+            to: 4,
+            amount_minor: 1234,
+        });
+        assert_eq!(
+            (method, path.as_str()),
+            (reqwest::Method::POST, "/transactions/transfer")
+        );
+        assert_eq!(
+            body.unwrap(),
+            json!({ "from_user_id": 3, "to_user_id": 4, "amount": "12.34" })
+        );
+        let (_, path, body) = ApiClient::request_for(&Operation::Debit {
+            user: 9,
+            amount_minor: 5,
+        });
+        assert_eq!(path, "/transactions/debit");
+        assert_eq!(body.unwrap(), json!({ "user_id": 9, "amount": "0.05" }));
+        let (method, path, body) = ApiClient::request_for(&Operation::Balance { user: 9 });
+        assert_eq!(
+            (method, path.as_str(), body),
+            (reqwest::Method::GET, "/balances/current/9", None)
+        );
+        let (_, path, _) = ApiClient::request_for(&Operation::History { user: 9 });
+        assert_eq!(path, "/transactions/user/9?limit=20");
+    }
+
+    #[test]
+    fn credits_come_from_and_debits_go_to_the_external_account() {
+        let credit = WriteRecord::new(
+            1,
+            &Operation::Credit {
+                user: 5,
+                amount_minor: 7,
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!((credit.from, credit.to), (0, 5));
+        let debit = WriteRecord::new(
+            2,
+            &Operation::Debit {
+                user: 5,
+                amount_minor: 7,
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!((debit.from, debit.to), (5, 0));
+        assert!(WriteRecord::new(3, &Operation::Balance { user: 5 }, None).is_none());
+    }
+}
