@@ -28,6 +28,28 @@ JWT_SECRET=ci-check-ci-check-ci-check-ci-check-0 TALLY_ADMIN_PASSWORD=ci-check-p
     docker-compose -f compose/docker-compose.yml config -q
 echo "compose file valid"
 
+echo "-- compose/Dockerfile's dependency layer names every member and target of the workspace"
+# The layer builds the manifests with stub sources: cargo refuses to load a workspace
+# whose member manifest or declared target path is missing, so each must be there.
+python3 - <<'PY'
+import sys, tomllib
+docker = open("compose/Dockerfile").read()
+members = tomllib.load(open("Cargo.toml", "rb"))["workspace"]["members"]
+missing = []
+for member in members:
+    prefix = "" if member == "." else member + "/"
+    manifest = tomllib.load(open(prefix + "Cargo.toml", "rb"))
+    if prefix and f"COPY {prefix}Cargo.toml" not in docker:
+        missing.append(f"COPY {prefix}Cargo.toml")
+    for kind in ("bin", "test", "bench"):
+        for target in manifest.get(kind, []):
+            if "path" in target and prefix + target["path"] not in docker:
+                missing.append(prefix + target["path"])
+if missing:
+    sys.exit("compose/Dockerfile lacks: " + ", ".join(missing))
+print("Dockerfile stubs cover the workspace")
+PY
+
 echo "-- a running Tally"
 (cd "$work" && exec env HOST=127.0.0.1 PORT=$tally_port DATABASE_URL="sqlite://$work/tally.db" \
     REDIS_URL=redis://127.0.0.1:6379 TALLY_REDIS_PREFIX="tally-ci-$$" \
