@@ -176,6 +176,7 @@ fn violation_finding(violation: &Violation) -> Finding {
     let account = match violation {
         Violation::Conservation { .. } => None,
         Violation::NegativeBalance { account, .. }
+        | Violation::HeldMismatch { account, .. }
         | Violation::BalanceMismatch { account, .. }
         | Violation::JournalBreak { account, .. }
         | Violation::DuplicateVersion { account, .. }
