@@ -290,6 +290,7 @@ fn mismatch(write: &WriteRecord, record: &TransactionRecord) -> Option<String> {
         OperationKind::Transfer => "transfer",
         OperationKind::Credit => "credit",
         OperationKind::Debit => "debit",
+        OperationKind::Hold | OperationKind::Batch => "transfer",
         OperationKind::History | OperationKind::Balance => "read",
     };
     let stored = (

@@ -18,7 +18,7 @@ use tally_loadtest::runner::{Pacing, RunPlan, Stop};
 use tally_loadtest::session::{LoadSession, SessionOptions};
 use tally_loadtest::setup::{self, SetupPlan};
 use tally_loadtest::verify::{self, RunRecord, Verification, VerifyInputs};
-use tally_loadtest::workload::{Mix, Shape, WorkloadConfig};
+use tally_loadtest::workload::{HoldMix, Mix, Shape, WorkloadConfig};
 
 const ADMIN_USERNAME: &str = "admin";
 const ADMIN_PASSWORD: &str = "admin-password";
@@ -106,6 +106,8 @@ impl Ledger {
                 mix: mix.parse::<Mix>().unwrap(),
                 amount_min_minor: 1,
                 amount_max_minor: 20_00,
+                batch_legs: 4,
+                hold_mix: HoldMix::default(),
             },
             seed: 42,
             progress: false,
