@@ -16,7 +16,7 @@ use crate::runner::{Pacing, RunPlan, Stop};
 use crate::session::{LoadSession, SessionOptions};
 use crate::setup::{self, SetupPlan};
 use crate::verify::{self, RunRecord, VerifyInputs};
-use crate::workload::{Mix, Shape, WorkloadConfig};
+use crate::workload::{HoldMix, Mix, Shape, WorkloadConfig};
 
 /// The default PostgreSQL server: the one the tests and CI use.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -147,24 +147,35 @@ pub struct LoadArgs {
     #[arg(long)]
     pub requests: Option<u64>,
     /// Operation mix in percent, adding up to 100: transfer, credit, debit, history
-    /// (GET /transactions/user/{id}) and balance (GET /balances/current/{id}).
+    /// (GET /transactions/user/{id}), balance (GET /balances/current/{id}), hold (a
+    /// pending transfer, then its post or void: one operation of two requests) and batch
+    /// (one atomic batch of --batch-legs transfers).
     #[arg(long, default_value = "transfer=100")]
     pub mix: Mix,
+    /// Transfers in each batch operation (1 to 100), each between accounts the shape
+    /// chooses.
+    #[arg(long, default_value_t = 4)]
+    pub batch_legs: usize,
+    /// How holds are settled, in percent adding up to 100: post (all of it), partial
+    /// (a post of a random amount below the held one; the rest is released) and void.
+    #[arg(long, default_value = "post=60,partial=20,void=20")]
+    pub hold_mix: HoldMix,
     /// Smallest amount moved, e.g. 0.01.
     #[arg(long, default_value = "0.01", value_parser = amount_flag)]
     pub amount_min: i64,
     /// Largest amount moved, e.g. 10.00.
     #[arg(long, default_value = "10.00", value_parser = amount_flag)]
     pub amount_max: i64,
-    /// Send an Idempotency-Key with every write, and retry writes whose outcome is
-    /// unknown (503, timeouts, lost connections) with the same key; reads are retried
-    /// too.
+    /// Send an Idempotency-Key with every write ({run}-{n}; a hold's post or void
+    /// {run}-{n}-settle), and retry writes whose outcome is unknown (503, timeouts, lost
+    /// connections) with the same key; reads are retried too.
     #[arg(long)]
     pub idempotency_keys: bool,
-    /// With keys: attempts per operation, the first included.
+    /// With keys: attempts per request, the first included (each request of a hold has
+    /// its own).
     #[arg(long, default_value_t = 100)]
     pub retry_attempts: u32,
-    /// With keys: the longest one operation keeps retrying.
+    /// With keys: the longest one request keeps retrying.
     #[arg(long, default_value = "60s", value_parser = duration_flag)]
     pub retry_time_max: Duration,
     /// Seed of the operation generator (the same seed gives the same operations).
@@ -211,6 +222,8 @@ impl LoadArgs {
             mix: self.mix.clone(),
             amount_min_minor: self.amount_min,
             amount_max_minor: self.amount_max,
+            batch_legs: self.batch_legs,
+            hold_mix: self.hold_mix.clone(),
         };
         if !workload.accounts.is_empty() {
             workload.validate().map_err(anyhow::Error::msg)?;
@@ -568,6 +581,47 @@ mod tests {
             (100, 250)
         );
         assert!(run.load.idempotency_keys);
+    }
+
+    #[test]
+    fn holds_and_batches_are_read_from_flags() {
+        let parse = |extra: &[&str]| {
+            let mut arguments = vec!["tally-loadtest", "run", "--database-url", "sqlite:x.db"];
+            arguments.extend_from_slice(extra);
+            let Command::Run(run) = Cli::try_parse_from(arguments).unwrap().command else {
+                panic!("a run")
+            };
+            run.load.plan(vec![1, 2, 3])
+        };
+        let plan = parse(&[]).unwrap();
+        assert_eq!(plan.workload.batch_legs, 4);
+        assert_eq!(plan.workload.hold_mix, HoldMix::default());
+        let plan = parse(&[
+            "--mix",
+            "hold=50,batch=50",
+            "--batch-legs",
+            "10",
+            "--hold-mix",
+            "post=10,partial=10,void=80",
+        ])
+        .unwrap();
+        assert_eq!(
+            (plan.workload.mix.hold_percent, plan.workload.mix.batch_percent),
+            (50, 50)
+        );
+        assert_eq!(plan.workload.batch_legs, 10);
+        assert_eq!(plan.workload.hold_mix.void_percent, 80);
+        let error = parse(&["--batch-legs", "101"]).unwrap_err().to_string();
+        assert!(error.contains("1 to 100 legs"), "{error}");
+        let refused = Cli::try_parse_from([
+            "tally-loadtest",
+            "run",
+            "--database-url",
+            "sqlite:x.db",
+            "--hold-mix",
+            "post=100,void=10",
+        ]);
+        assert!(refused.unwrap_err().to_string().contains("add up to 110"));
     }
 
     #[test]

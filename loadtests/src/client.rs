@@ -7,6 +7,13 @@
 //! answer leaves its outcome unknown and only the same key makes a retry safe. Reads are
 //! retried whenever keys are on (the chaos runs). Every retry loop is bounded in attempts
 //! and in time.
+//!
+//! A hold is two requests, each retried on its own: the placement (a pending transfer,
+//! key `{run}-{n}`) and, once it is answered 201, its post or void (key
+//! `{run}-{n}-settle`). The server keys the placement; a settlement it makes safe to
+//! repeat by itself — settling a hold again the same way is answered as a replay — so
+//! the settlement's key is sent for the record and for the server's logs. A batch is one
+//! request with one key.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -18,9 +25,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::report::{Outcome, OutcomeClass};
+use crate::report::{Outcome, OutcomeClass, Step};
 use crate::runner::Executor;
-use crate::workload::{Operation, OperationKind, format_minor, parse_minor};
+use crate::workload::{HoldSettlement, Operation, OperationKind, format_minor, parse_minor};
 
 /// Idle keep-alive connections kept per host: enough for the highest concurrency a
 /// run on this kind of machine uses, so a closed loop never reconnects.
@@ -43,6 +50,13 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(2);
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
+/// The expiry of every hold the tester places. The tester settles each hold right
+/// away; the expiry only releases one it lost track of (its settlement never answered,
+/// the run interrupted between the two requests) instead of keeping the funds reserved
+/// for good. An hour is far beyond any retry budget a run uses, so the server never
+/// expires a hold the tester is still settling.
+pub const HOLD_EXPIRES_IN_SECONDS: u64 = 3600;
+
 /// What an answer said, read whole.
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -61,13 +75,31 @@ impl Answer {
         self.code.clone().unwrap_or_else(|| format!("http_{}", self.status))
     }
 
-    /// The transaction in the answer: the body of a 201, or the `transaction` of a 422.
+    /// The transaction in the answer: the body of a 2xx (201 for a movement, 200 for a
+    /// hold's settlement), or the `transaction` of a 422.
     fn transaction(&self) -> Option<&Value> {
-        if self.status == 201 {
+        if (200..=299).contains(&self.status) {
             Some(&self.body)
         } else {
             self.body.get("transaction").filter(|value| value.is_object())
         }
+    }
+
+    /// The batch in the answer: the body of a 201, or the `batch` of a 422.
+    fn batch(&self) -> Option<&Value> {
+        if (200..=299).contains(&self.status) {
+            Some(&self.body)
+        } else {
+            self.body.get("batch").filter(|value| value.is_object())
+        }
+    }
+
+    /// What an error answer says the server recorded: a refused movement's
+    /// `transaction`, or a refused batch's `batch`.
+    fn recorded(&self) -> Option<&Value> {
+        ["transaction", "batch"]
+            .into_iter()
+            .find_map(|field| self.body.get(field).filter(|value| value.is_object()))
     }
 }
 
@@ -216,7 +248,8 @@ impl ApiClient {
         Ok((status, response.text().await?))
     }
 
-    /// The request for an operation: method, path and body.
+    /// The request for an operation: method, path and body. For a hold, the placement
+    /// (see [`ApiClient::settle_request`] for the settlement).
     pub fn request_for(operation: &Operation) -> (reqwest::Method, String, Option<Value>) {
         use reqwest::Method;
         match *operation {
@@ -237,7 +270,49 @@ impl ApiClient {
             ),
             Operation::History { user } => (Method::GET, format!("/transactions/user/{user}?limit=20"), None),
             Operation::Balance { user } => (Method::GET, format!("/balances/current/{user}"), None),
+            Operation::Hold {
+                from, to, amount_minor, ..
+            } => (
+                Method::POST,
+                "/transactions/transfer".into(),
+                Some(json!({
+                    "from_user_id": from,
+                    "to_user_id": to,
+                    "amount": format_minor(amount_minor),
+                    "pending": true,
+                    "expires_in": HOLD_EXPIRES_IN_SECONDS,
+                })),
+            ),
+            Operation::Batch { ref legs } => (
+                Method::POST,
+                "/transactions/batch".into(),
+                Some(json!({
+                    "legs": legs
+                        .iter()
+                        .map(|leg| json!({
+                            "type": "transfer",
+                            "from_user_id": leg.from,
+                            "to_user_id": leg.to,
+                            "amount": format_minor(leg.amount_minor),
+                        }))
+                        .collect::<Vec<_>>()
+                })),
+            ),
         }
+    }
+
+    /// The request settling the hold `hold`.
+    pub fn settle_request(hold: Uuid, settlement: HoldSettlement) -> (reqwest::Method, String, Option<Value>) {
+        let (action, body) = match settlement {
+            HoldSettlement::Post => ("post", json!({})),
+            HoldSettlement::PostPartial { amount_minor } => ("post", json!({ "amount": format_minor(amount_minor) })),
+            HoldSettlement::Void => ("void", json!({})),
+        };
+        (
+            reqwest::Method::POST,
+            format!("/transactions/{hold}/{action}"),
+            Some(body),
+        )
     }
 
     pub async fn perform(&self, operation: &Operation, key: Option<&str>) -> Result<Answer, TransportError> {
@@ -341,28 +416,75 @@ pub enum WriteAnswer {
     Unknown { last_error: String },
 }
 
-/// One write the run sent.
+/// One write the run sent. For a hold, the placement (its answer, key and attempts) and
+/// its [`SettlementRecord`]; for a batch, the batch as a whole (the answer's id is the
+/// batch id) and its [`LegRecord`]s.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteRecord {
     pub sequence: u64,
     pub kind: OperationKind,
-    /// The source account; 0 (external) for a credit.
+    /// The source account; 0 (external) for a credit, and for a batch.
     pub from: i64,
-    /// The target account; 0 (external) for a debit.
+    /// The target account; 0 (external) for a debit, and for a batch.
     pub to: i64,
+    /// The amount moved; for a hold, the amount held; for a batch, its legs' total.
     pub amount_minor: i64,
     pub key: Option<String>,
     pub attempts: u32,
     #[serde(flatten)]
     pub answer: WriteAnswer,
+    /// A hold's post or void, sent once the placement was answered 201.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement: Option<SettlementRecord>,
+    /// A batch's legs, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<LegRecord>,
+}
+
+/// The post or void of a hold, and what the client was told.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementRecord {
+    pub settle: HoldSettlement,
+    pub key: Option<String>,
+    pub attempts: u32,
+    /// `completed` (200) carries the hold's id; `refused` a post whose credit was
+    /// refused and whose capture was refunded (422, `rolled_back`).
+    #[serde(flatten)]
+    pub answer: WriteAnswer,
+}
+
+/// One transfer of a batch, with the id the answer gave it (201 or 422).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegRecord {
+    pub from: i64,
+    pub to: i64,
+    pub amount_minor: i64,
+    pub id: Option<Uuid>,
 }
 
 impl WriteRecord {
     fn new(sequence: u64, operation: &Operation, key: Option<String>) -> Option<WriteRecord> {
+        let mut legs = Vec::new();
         let (kind, from, to, amount_minor) = match *operation {
             Operation::Transfer { from, to, amount_minor } => (OperationKind::Transfer, from, to, amount_minor),
             Operation::Credit { user, amount_minor } => (OperationKind::Credit, 0, user, amount_minor),
             Operation::Debit { user, amount_minor } => (OperationKind::Debit, user, 0, amount_minor),
+            Operation::Hold {
+                from, to, amount_minor, ..
+            } => (OperationKind::Hold, from, to, amount_minor),
+            Operation::Batch { legs: ref batch } => {
+                legs = batch
+                    .iter()
+                    .map(|leg| LegRecord {
+                        from: leg.from,
+                        to: leg.to,
+                        amount_minor: leg.amount_minor,
+                        id: None,
+                    })
+                    .collect();
+                let total = batch.iter().map(|leg| leg.amount_minor).sum();
+                (OperationKind::Batch, 0, 0, total)
+            }
             Operation::History { .. } | Operation::Balance { .. } => return None,
         };
         Some(WriteRecord {
@@ -376,6 +498,8 @@ impl WriteRecord {
             answer: WriteAnswer::Unknown {
                 last_error: "not sent".into(),
             },
+            settlement: None,
+            legs,
         })
     }
 }
@@ -405,9 +529,10 @@ impl WriteLog {
 /// The retry policy of keyed runs.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
-    /// Attempts per operation, the first included.
+    /// Attempts per request, the first included (a hold's placement and settlement
+    /// each have as many).
     pub attempts_max: u32,
-    /// The longest one operation keeps retrying, from its first attempt: bounds the wait
+    /// The longest one request keeps retrying, from its first attempt: bounds the wait
     /// for a server that does not come back.
     pub retry_time_max: Duration,
 }
@@ -426,6 +551,14 @@ impl HttpExecutor {
     fn key_for(&self, sequence: u64) -> Option<String> {
         self.key_prefix.as_ref().map(|prefix| format!("{prefix}-{sequence}"))
     }
+
+    /// The key of the settlement of the hold placed by operation `sequence`: its own
+    /// key, so that a retried post or void is told apart from the placement.
+    fn settlement_key_for(&self, sequence: u64) -> Option<String> {
+        self.key_prefix
+            .as_ref()
+            .map(|prefix| format!("{prefix}-{sequence}-settle"))
+    }
 }
 
 /// How a write's answer is filed in the log.
@@ -436,7 +569,7 @@ fn write_answer(answer: &Answer) -> WriteAnswer {
         .and_then(Value::as_str)
         .and_then(|id| Uuid::parse_str(id).ok());
     match (answer.status, id) {
-        (201, Some(id)) => WriteAnswer::Completed {
+        (200..=299, Some(id)) => WriteAnswer::Completed {
             id,
             replayed: answer.replayed,
         },
@@ -450,7 +583,7 @@ fn write_answer(answer: &Answer) -> WriteAnswer {
             code: answer.code_or_status(),
         },
         // Refused before anything was recorded: rate limits, validation, a reused key,
-        // an unknown user.
+        // an unknown user; for a settlement, a hold no longer pending (409).
         (400..=499, _) => WriteAnswer::NotApplied {
             code: answer.code_or_status(),
         },
@@ -460,74 +593,135 @@ fn write_answer(answer: &Answer) -> WriteAnswer {
     }
 }
 
-impl Executor for HttpExecutor {
-    async fn execute(&self, sequence: u64, operation: Operation) -> Outcome {
-        let is_write = operation.kind().is_write();
-        let key = if is_write { self.key_for(sequence) } else { None };
+/// How a batch's answer is filed in the log: the batch id stands for the batch.
+fn batch_answer(answer: &Answer) -> WriteAnswer {
+    let id = answer
+        .batch()
+        .and_then(|batch| batch.get("batch_id"))
+        .and_then(Value::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok());
+    match (answer.status, id) {
+        (200..=299, Some(id)) => WriteAnswer::Completed {
+            id,
+            replayed: answer.replayed,
+        },
+        (422, Some(id)) => WriteAnswer::Refused {
+            id,
+            status: answer
+                .batch()
+                .and_then(|batch| batch["status"].as_str())
+                .unwrap_or("?")
+                .to_string(),
+            code: answer.code_or_status(),
+        },
+        (400..=499, _) => WriteAnswer::NotApplied {
+            code: answer.code_or_status(),
+        },
+        _ => WriteAnswer::Unknown {
+            last_error: answer.code_or_status(),
+        },
+    }
+}
+
+/// The ids a batch answer gave its legs, in leg order.
+fn batch_leg_ids(answer: &Answer) -> Vec<Option<Uuid>> {
+    answer
+        .batch()
+        .and_then(|batch| batch["legs"].as_array())
+        .map(|legs| {
+            legs.iter()
+                .map(|leg| leg["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One request sent until it got a final answer, or the retries ran out.
+#[derive(Debug)]
+struct Exchange {
+    class: OutcomeClass,
+    /// What the answers said about the write (meaningless for a read).
+    answer: WriteAnswer,
+    /// The last answer, when there was one.
+    last: Option<Answer>,
+    attempts: u32,
+}
+
+impl HttpExecutor {
+    /// Send one request, retrying what may be retried (see the module header), and
+    /// file its answer with `file`. Failed attempts are added to `attempt_errors`.
+    async fn exchange(
+        &self,
+        request: &(reqwest::Method, String, Option<Value>),
+        key: Option<&str>,
+        is_write: bool,
+        file: fn(&Answer) -> WriteAnswer,
+        attempt_errors: &mut Vec<String>,
+    ) -> Exchange {
+        let (method, path, body) = request;
         let retrying = self.key_prefix.is_some();
-        let mut record = WriteRecord::new(sequence, &operation, key.clone());
         let started = Instant::now();
-        let mut attempt_errors = Vec::new();
         let mut backoff = BACKOFF_FIRST;
-        let mut class = OutcomeClass::Unknown("not sent".into());
+        let mut exchange = Exchange {
+            class: OutcomeClass::Unknown("not sent".into()),
+            answer: WriteAnswer::Unknown {
+                last_error: "not sent".into(),
+            },
+            last: None,
+            attempts: 0,
+        };
         // Set once an attempt may have been applied without the client knowing: a later
         // answer refusing a retry (429) then proves nothing about the first.
         let mut uncertain = false;
         for attempt in 1..=self.retry.attempts_max.max(1) {
-            if let Some(record) = &mut record {
-                record.attempts = attempt;
-            }
+            exchange.attempts = attempt;
             let pause;
-            match self.client.perform(&operation, key.as_deref()).await {
+            match self.client.send(method.clone(), path, body.as_ref(), key).await {
                 Err(error) => {
                     uncertain = true;
                     attempt_errors.push(error.kind.to_string());
                     // A read that got no answer simply failed; a write's outcome is open.
-                    class = if is_write {
+                    exchange.class = if is_write {
                         OutcomeClass::Unknown(error.kind.to_string())
                     } else {
                         OutcomeClass::Failed(error.kind.to_string())
                     };
-                    if let Some(record) = &mut record {
-                        record.answer = WriteAnswer::Unknown {
-                            last_error: error.to_string(),
-                        };
-                    }
+                    exchange.answer = WriteAnswer::Unknown {
+                        last_error: error.to_string(),
+                    };
                     pause = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 Ok(answer) => {
-                    if let Some(record) = &mut record {
-                        record.answer = write_answer(&answer);
-                    }
+                    exchange.answer = file(&answer);
                     let code = answer.code_or_status();
-                    match answer.status {
+                    let status = answer.status;
+                    let recorded = answer.recorded().is_some();
+                    let retry_after = answer.retry_after;
+                    exchange.last = Some(answer);
+                    match status {
                         200..=299 => {
-                            class = OutcomeClass::Completed;
+                            exchange.class = OutcomeClass::Completed;
                             break;
                         }
-                        422 if answer.transaction().is_some() => {
-                            class = OutcomeClass::Refused(code);
+                        422 if recorded => {
+                            exchange.class = OutcomeClass::Refused(code);
                             break;
                         }
                         429 | 503 => {
                             attempt_errors.push(code.clone());
-                            uncertain |= is_write && answer.status == 503;
-                            class = if is_write && answer.status == 503 {
+                            uncertain |= is_write && status == 503;
+                            exchange.class = if is_write && status == 503 {
                                 OutcomeClass::Unknown(code)
                             } else {
                                 OutcomeClass::Failed(code)
                             };
-                            pause = answer
-                                .retry_after
-                                .unwrap_or(backoff)
-                                .min(RETRY_AFTER_MAX)
-                                .max(BACKOFF_FIRST);
+                            pause = retry_after.unwrap_or(backoff).min(RETRY_AFTER_MAX).max(BACKOFF_FIRST);
                             backoff = (backoff * 2).min(BACKOFF_MAX);
                         }
                         _ => {
                             attempt_errors.push(code.clone());
-                            class = if answer.status >= 500 && is_write {
+                            exchange.class = if status >= 500 && is_write {
                                 OutcomeClass::Unknown(code)
                             } else {
                                 OutcomeClass::Failed(code)
@@ -542,24 +736,158 @@ impl Executor for HttpExecutor {
             }
             tokio::time::sleep(pause).await;
         }
-        if let Some(mut record) = record {
-            if uncertain && let WriteAnswer::NotApplied { code } = &record.answer {
-                record.answer = WriteAnswer::Unknown {
+        if is_write {
+            if uncertain && let WriteAnswer::NotApplied { code } = &exchange.answer {
+                exchange.answer = WriteAnswer::Unknown {
                     last_error: format!("{code} after an unanswered attempt"),
                 };
             }
-            if matches!(record.answer, WriteAnswer::Unknown { .. }) {
+            if matches!(exchange.answer, WriteAnswer::Unknown { .. }) {
                 uncertain = true;
             }
-            if uncertain && class != OutcomeClass::Completed && !matches!(class, OutcomeClass::Refused(_)) {
-                class = OutcomeClass::Unknown(match class {
-                    OutcomeClass::Unknown(code) | OutcomeClass::Failed(code) => code,
+            if uncertain
+                && exchange.class != OutcomeClass::Completed
+                && !matches!(exchange.class, OutcomeClass::Refused(_))
+            {
+                exchange.class = OutcomeClass::Unknown(match &exchange.class {
+                    OutcomeClass::Unknown(code) | OutcomeClass::Failed(code) => code.clone(),
                     _ => unreachable!("completed and refused are excluded"),
                 });
             }
+        }
+        exchange
+    }
+
+    /// A transfer, credit, debit or read: one request.
+    async fn single(&self, sequence: u64, operation: Operation) -> Outcome {
+        let is_write = operation.kind().is_write();
+        let key = if is_write { self.key_for(sequence) } else { None };
+        let mut attempt_errors = Vec::new();
+        let request = ApiClient::request_for(&operation);
+        let exchange = self
+            .exchange(&request, key.as_deref(), is_write, write_answer, &mut attempt_errors)
+            .await;
+        if let Some(mut record) = WriteRecord::new(sequence, &operation, key) {
+            record.attempts = exchange.attempts;
+            record.answer = exchange.answer;
             self.writes.push(record);
         }
-        Outcome { class, attempt_errors }
+        Outcome {
+            class: exchange.class,
+            attempt_errors,
+            steps: Vec::new(),
+        }
+    }
+
+    /// A hold: placed, then (once the placement is answered 201) posted or voided. The
+    /// operation ends as its last request did.
+    async fn hold(&self, sequence: u64, operation: Operation) -> Outcome {
+        let Operation::Hold { settlement, .. } = operation else {
+            unreachable!("only holds are placed")
+        };
+        let key = self.key_for(sequence);
+        let mut attempt_errors = Vec::new();
+        let placement = self
+            .exchange(
+                &ApiClient::request_for(&operation),
+                key.as_deref(),
+                true,
+                write_answer,
+                &mut attempt_errors,
+            )
+            .await;
+        let mut record = WriteRecord::new(sequence, &operation, key).expect("a hold is a write");
+        record.attempts = placement.attempts;
+        record.answer = placement.answer;
+        let mut steps = Vec::new();
+        let class = match (&placement.class, &record.answer) {
+            (OutcomeClass::Completed, WriteAnswer::Completed { id, .. }) => {
+                steps.push((Step::HoldPlaced, 1));
+                let settlement_key = self.settlement_key_for(sequence);
+                let settled = self
+                    .exchange(
+                        &ApiClient::settle_request(*id, settlement),
+                        settlement_key.as_deref(),
+                        true,
+                        write_answer,
+                        &mut attempt_errors,
+                    )
+                    .await;
+                if settled.class == OutcomeClass::Completed {
+                    steps.push((
+                        match settlement {
+                            HoldSettlement::Post => Step::HoldPosted,
+                            HoldSettlement::PostPartial { .. } => Step::HoldPostedInPart,
+                            HoldSettlement::Void => Step::HoldVoided,
+                        },
+                        1,
+                    ));
+                }
+                record.settlement = Some(SettlementRecord {
+                    settle: settlement,
+                    key: settlement_key,
+                    attempts: settled.attempts,
+                    answer: settled.answer,
+                });
+                settled.class
+            }
+            // A 2xx without a transaction id: the hold cannot be settled.
+            (OutcomeClass::Completed, _) => OutcomeClass::Failed("no_hold_id".into()),
+            (class, _) => class.clone(),
+        };
+        self.writes.push(record);
+        Outcome {
+            class,
+            attempt_errors,
+            steps,
+        }
+    }
+
+    /// An atomic batch: one request; its legs' ids are recorded from the answer.
+    async fn batch(&self, sequence: u64, operation: Operation) -> Outcome {
+        let key = self.key_for(sequence);
+        let mut attempt_errors = Vec::new();
+        let exchange = self
+            .exchange(
+                &ApiClient::request_for(&operation),
+                key.as_deref(),
+                true,
+                batch_answer,
+                &mut attempt_errors,
+            )
+            .await;
+        let mut record = WriteRecord::new(sequence, &operation, key).expect("a batch is a write");
+        record.attempts = exchange.attempts;
+        record.answer = exchange.answer;
+        let mut steps = Vec::new();
+        if let (WriteAnswer::Completed { .. } | WriteAnswer::Refused { .. }, Some(answer)) =
+            (&record.answer, &exchange.last)
+        {
+            for (leg, id) in record.legs.iter_mut().zip(batch_leg_ids(answer)) {
+                leg.id = id;
+            }
+            let legs = record.legs.len() as u64;
+            steps.push(match record.answer {
+                WriteAnswer::Completed { .. } => (Step::BatchLegsApplied, legs),
+                _ => (Step::BatchLegsRefused, legs),
+            });
+        }
+        self.writes.push(record);
+        Outcome {
+            class: exchange.class,
+            attempt_errors,
+            steps,
+        }
+    }
+}
+
+impl Executor for HttpExecutor {
+    async fn execute(&self, sequence: u64, operation: Operation) -> Outcome {
+        match operation.kind() {
+            OperationKind::Hold => self.hold(sequence, operation).await,
+            OperationKind::Batch => self.batch(sequence, operation).await,
+            _ => self.single(sequence, operation).await,
+        }
     }
 }
 
@@ -571,6 +899,7 @@ pub fn amount_flag(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::BatchLeg;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// One scripted answer of the fake server; `None` closes the connection unanswered.
@@ -584,18 +913,21 @@ mod tests {
     struct FakeTally {
         base_url: String,
         seen: Seen,
+        /// The JSON body of each request in `seen` (`null` without one).
+        bodies: Arc<Mutex<Vec<Value>>>,
     }
 
     async fn fake_tally(script: Vec<Scripted>) -> FakeTally {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
-        let recorded = seen.clone();
+        let (recorded, recorded_bodies) = (seen.clone(), bodies.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let (seen, script) = (recorded.clone(), script.clone());
+                let (seen, bodies, script) = (recorded.clone(), recorded_bodies.clone(), script.clone());
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buffer = [0u8; 4096];
@@ -629,6 +961,10 @@ mod tests {
                         Some((200, json!({ "access_token": "token", "user": { "id": 7 } })))
                     } else {
                         seen.lock().unwrap().push((path, header("idempotency-key")));
+                        bodies
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&request[head_end..head_end + length]).unwrap_or(Value::Null));
                         script
                             .lock()
                             .unwrap()
@@ -648,7 +984,7 @@ mod tests {
                 });
             }
         });
-        FakeTally { base_url, seen }
+        FakeTally { base_url, seen, bodies }
     }
 
     async fn executor(fake: &FakeTally, keys: bool, attempts_max: u32) -> HttpExecutor {
@@ -762,6 +1098,175 @@ mod tests {
         assert!(executor.writes.take().is_empty(), "reads are not in the write log");
     }
 
+    const HOLD: Operation = Operation::Hold {
+        from: 1,
+        to: 2,
+        amount_minor: 500,
+        settlement: HoldSettlement::PostPartial { amount_minor: 120 },
+    };
+
+    #[tokio::test]
+    async fn a_hold_is_placed_then_settled_each_request_retried_with_its_own_key() {
+        let id = Uuid::now_v7();
+        let hold = |status: &str, amount: &str| json!({ "id": id.to_string(), "status": status, "amount": amount });
+        let fake = fake_tally(vec![
+            None,
+            Some((201, hold("pending", "5.00"))),
+            Some((503, json!({ "code": "unavailable" }))),
+            Some((200, hold("posted", "1.20"))),
+        ])
+        .await;
+        let executor = executor(&fake, true, 5).await;
+        let outcome = executor.execute(5, HOLD).await;
+        assert_eq!(outcome.class, OutcomeClass::Completed);
+        assert_eq!(outcome.attempt_errors, ["transport_other", "unavailable"]);
+        assert_eq!(outcome.steps, [(Step::HoldPlaced, 1), (Step::HoldPostedInPart, 1)]);
+        let placement = (
+            "/api/v1/transactions/transfer".to_string(),
+            Some("run-test-5".to_string()),
+        );
+        let post = (
+            format!("/api/v1/transactions/{id}/post"),
+            Some("run-test-5-settle".to_string()),
+        );
+        assert_eq!(
+            fake.seen.lock().unwrap().clone(),
+            [placement.clone(), placement, post.clone(), post]
+        );
+        let bodies = fake.bodies.lock().unwrap().clone();
+        assert_eq!(
+            bodies[0],
+            json!({ "from_user_id": 1, "to_user_id": 2, "amount": "5.00", "pending": true,
+                    "expires_in": HOLD_EXPIRES_IN_SECONDS })
+        );
+        assert_eq!(bodies[3], json!({ "amount": "1.20" }));
+        let writes = executor.writes.take();
+        assert_eq!(writes.len(), 1, "a hold is one write");
+        let write = &writes[0];
+        assert_eq!(
+            (write.kind, write.from, write.to, write.amount_minor, write.attempts),
+            (OperationKind::Hold, 1, 2, 500, 2)
+        );
+        assert_eq!(write.answer, WriteAnswer::Completed { id, replayed: false });
+        let settlement = write.settlement.as_ref().expect("the settlement is recorded");
+        assert_eq!(settlement.settle, HoldSettlement::PostPartial { amount_minor: 120 });
+        assert_eq!(settlement.attempts, 2);
+        assert_eq!(settlement.answer, WriteAnswer::Completed { id, replayed: false });
+    }
+
+    #[tokio::test]
+    async fn a_refused_hold_is_not_settled_and_a_lost_void_leaves_the_hold_unknown() {
+        let id = Uuid::now_v7();
+        let fake = fake_tally(vec![Some((
+            422,
+            json!({ "code": "insufficient_funds", "transaction": { "id": id.to_string(), "status": "failed" } }),
+        ))])
+        .await;
+        let refusing = executor(&fake, false, 5).await;
+        let outcome = refusing.execute(0, HOLD).await;
+        assert_eq!(outcome.class, OutcomeClass::Refused("insufficient_funds".into()));
+        assert!(outcome.steps.is_empty());
+        assert_eq!(fake.seen.lock().unwrap().len(), 1, "nothing to settle");
+        assert_eq!(refusing.writes.take()[0].settlement, None);
+
+        let fake = fake_tally(vec![
+            Some((201, json!({ "id": id.to_string(), "status": "pending" }))),
+            None,
+        ])
+        .await;
+        let executor = executor(&fake, false, 5).await;
+        let void = Operation::Hold {
+            from: 1,
+            to: 2,
+            amount_minor: 500,
+            settlement: HoldSettlement::Void,
+        };
+        let outcome = executor.execute(1, void).await;
+        assert_eq!(outcome.class, OutcomeClass::Unknown("transport_other".into()));
+        assert_eq!(outcome.steps, [(Step::HoldPlaced, 1)]);
+        let seen = fake.seen.lock().unwrap().clone();
+        assert_eq!(seen[1], (format!("/api/v1/transactions/{id}/void"), None));
+        let writes = executor.writes.take();
+        let settlement = writes[0].settlement.as_ref().unwrap();
+        assert!(matches!(settlement.answer, WriteAnswer::Unknown { .. }));
+        assert_eq!(writes[0].answer, WriteAnswer::Completed { id, replayed: false });
+    }
+
+    fn batch_view(batch: Uuid, status: &str, legs: &[Uuid]) -> Value {
+        json!({
+            "batch_id": batch.to_string(),
+            "status": status,
+            "legs": legs.iter().map(|id| json!({ "id": id.to_string() })).collect::<Vec<_>>(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_keyed_request_and_its_legs_ids_are_recorded() {
+        let (batch, legs) = (Uuid::now_v7(), [Uuid::now_v7(), Uuid::now_v7()]);
+        let fake = fake_tally(vec![
+            Some((503, json!({ "code": "overloaded" }))),
+            Some((201, batch_view(batch, "completed", &legs))),
+            Some((
+                422,
+                json!({ "code": "insufficient_funds", "batch": batch_view(batch, "failed", &legs) }),
+            )),
+        ])
+        .await;
+        let executor = executor(&fake, true, 5).await;
+        let operation = Operation::Batch {
+            legs: vec![
+                BatchLeg {
+                    from: 1,
+                    to: 2,
+                    amount_minor: 30,
+                },
+                BatchLeg {
+                    from: 3,
+                    to: 4,
+                    amount_minor: 70,
+                },
+            ],
+        };
+        let outcome = executor.execute(8, operation.clone()).await;
+        assert_eq!(outcome.class, OutcomeClass::Completed);
+        assert_eq!(outcome.steps, [(Step::BatchLegsApplied, 2)]);
+        let refused = executor.execute(9, operation).await;
+        assert_eq!(refused.class, OutcomeClass::Refused("insufficient_funds".into()));
+        assert_eq!(refused.steps, [(Step::BatchLegsRefused, 2)]);
+        let seen = fake.seen.lock().unwrap().clone();
+        let keys: Vec<_> = seen.iter().map(|(_, key)| key.clone().unwrap()).collect();
+        assert_eq!(keys, ["run-test-8", "run-test-8", "run-test-9"]);
+        assert_eq!(
+            fake.bodies.lock().unwrap()[0],
+            json!({ "legs": [
+                { "type": "transfer", "from_user_id": 1, "to_user_id": 2, "amount": "0.30" },
+                { "type": "transfer", "from_user_id": 3, "to_user_id": 4, "amount": "0.70" },
+            ]})
+        );
+        let writes = executor.writes.take();
+        assert_eq!(
+            (writes[0].kind, writes[0].from, writes[0].to, writes[0].amount_minor),
+            (OperationKind::Batch, 0, 0, 100)
+        );
+        assert_eq!(
+            writes[0].answer,
+            WriteAnswer::Completed {
+                id: batch,
+                replayed: false
+            }
+        );
+        let ids: Vec<_> = writes[0].legs.iter().map(|leg| leg.id).collect();
+        assert_eq!(ids, legs.map(Some));
+        assert_eq!(
+            writes[1].answer,
+            WriteAnswer::Refused {
+                id: batch,
+                status: "failed".into(),
+                code: "insufficient_funds".into()
+            }
+        );
+    }
+
     fn answer(status: u16, body: Value) -> Answer {
         Answer {
             status,
@@ -838,6 +1343,14 @@ mod tests {
         );
         let (_, path, _) = ApiClient::request_for(&Operation::History { user: 9 });
         assert_eq!(path, "/transactions/user/9?limit=20");
+        let hold = Uuid::now_v7();
+        let (method, path, body) = ApiClient::settle_request(hold, HoldSettlement::Post);
+        assert_eq!(
+            (method, path, body.unwrap()),
+            (reqwest::Method::POST, format!("/transactions/{hold}/post"), json!({}))
+        );
+        let (_, path, body) = ApiClient::settle_request(hold, HoldSettlement::Void);
+        assert_eq!((path, body.unwrap()), (format!("/transactions/{hold}/void"), json!({})));
     }
 
     #[test]

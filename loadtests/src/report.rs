@@ -51,6 +51,35 @@ pub struct Outcome {
     /// Every failed attempt along the way (retried or final), by code: `unavailable`,
     /// `rate_limited`, `transport_connect`…
     pub attempt_errors: Vec<String>,
+    /// What the steps of an operation made of several did, with how many times:
+    /// `hold_placed`, `hold_posted`, `batch_legs_applied` (by the legs)… Empty for
+    /// single-request operations.
+    pub steps: Vec<(Step, u64)>,
+}
+
+/// A step of a hold or a batch that the server answered with 2xx (or refused, for a
+/// batch's legs), counted in the report next to the operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    HoldPlaced,
+    HoldPosted,
+    HoldPostedInPart,
+    HoldVoided,
+    BatchLegsApplied,
+    BatchLegsRefused,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::HoldPlaced => "hold_placed",
+            Step::HoldPosted => "hold_posted",
+            Step::HoldPostedInPart => "hold_posted_in_part",
+            Step::HoldVoided => "hold_voided",
+            Step::BatchLegsApplied => "batch_legs_applied",
+            Step::BatchLegsRefused => "batch_legs_refused",
+        }
+    }
 }
 
 impl Outcome {
@@ -58,6 +87,7 @@ impl Outcome {
         Outcome {
             class: OutcomeClass::Completed,
             attempt_errors: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
@@ -106,6 +136,7 @@ struct RecorderState {
     interval_started_seconds: f64,
     outcomes: BTreeMap<String, u64>,
     attempt_errors: BTreeMap<String, u64>,
+    steps: BTreeMap<String, u64>,
     accepted_writes: u64,
     timeline: Vec<SecondSample>,
     events: Vec<Event>,
@@ -135,6 +166,7 @@ impl Recorder {
                 interval_started_seconds: 0.0,
                 outcomes: BTreeMap::new(),
                 attempt_errors: BTreeMap::new(),
+                steps: BTreeMap::new(),
                 accepted_writes: 0,
                 timeline: Vec::new(),
                 events: Vec::new(),
@@ -166,6 +198,9 @@ impl Recorder {
         *state.outcomes.entry(outcome.key()).or_insert(0) += 1;
         for error in &outcome.attempt_errors {
             *state.attempt_errors.entry(error.clone()).or_insert(0) += 1;
+        }
+        for (step, count) in &outcome.steps {
+            *state.steps.entry(step.as_str().to_string()).or_insert(0) += count;
         }
     }
 
@@ -234,6 +269,7 @@ impl Recorder {
                 .collect(),
             outcomes: state.outcomes.clone(),
             attempt_errors: state.attempt_errors.clone(),
+            steps: state.steps.clone(),
             accepted_writes: state.accepted_writes,
             timeline: state.timeline.clone(),
             events: state.events.clone(),
@@ -293,6 +329,9 @@ pub struct Measurements {
     pub outcomes: BTreeMap<String, u64>,
     /// Every failed attempt, retried or not, by code.
     pub attempt_errors: BTreeMap<String, u64>,
+    /// Steps of holds and batches (see [`Step`]), by name.
+    #[serde(default)]
+    pub steps: BTreeMap<String, u64>,
     /// Writes answered 2xx.
     pub accepted_writes: u64,
     pub timeline: Vec<SecondSample>,
@@ -384,6 +423,14 @@ impl Report {
                 let _ = writeln!(text, "  {code:<36} {count:>9}");
             }
         }
+        if !measurements.steps.is_empty() {
+            let _ = writeln!(text, "steps of holds and batches:");
+            let seconds = measurements.duration_seconds;
+            for (step, count) in &measurements.steps {
+                let rate = if seconds > 0.0 { *count as f64 / seconds } else { 0.0 };
+                let _ = writeln!(text, "  {step:<36} {count:>9} {rate:>10.1}/s");
+            }
+        }
         let _ = writeln!(text, "accepted writes (2xx): {}", measurements.accepted_writes);
         if !measurements.events.is_empty() {
             let _ = writeln!(text, "events:");
@@ -437,6 +484,7 @@ mod tests {
         Outcome {
             class: OutcomeClass::Failed(code.into()),
             attempt_errors: vec![code.into()],
+            steps: Vec::new(),
         }
     }
 
@@ -493,6 +541,7 @@ mod tests {
         let retried = Outcome {
             class: OutcomeClass::Completed,
             attempt_errors: vec!["unavailable".into(), "transport_connect".into()],
+            steps: Vec::new(),
         };
         recorder.record(OperationKind::Transfer, Duration::from_millis(1), &retried);
         recorder.record(
@@ -506,6 +555,7 @@ mod tests {
             &Outcome {
                 class: OutcomeClass::Refused("insufficient_funds".into()),
                 attempt_errors: vec![],
+                steps: Vec::new(),
             },
         );
         let summary = recorder.summarize(Duration::from_secs(1));
@@ -516,6 +566,54 @@ mod tests {
         assert_eq!(summary.attempt_errors["transport_connect"], 1);
         assert_eq!(summary.attempt_errors["rate_limited"], 1);
         assert_eq!(summary.accepted_writes, 1);
+    }
+
+    #[test]
+    fn steps_of_holds_and_batches_are_counted_and_shown_per_second() {
+        let recorder = Recorder::new();
+        let hold = |settled: Step| Outcome {
+            class: OutcomeClass::Completed,
+            attempt_errors: Vec::new(),
+            steps: vec![(Step::HoldPlaced, 1), (settled, 1)],
+        };
+        recorder.record(OperationKind::Hold, Duration::from_millis(4), &hold(Step::HoldPosted));
+        recorder.record(OperationKind::Hold, Duration::from_millis(4), &hold(Step::HoldPosted));
+        recorder.record(OperationKind::Hold, Duration::from_millis(4), &hold(Step::HoldVoided));
+        let batch = Outcome {
+            class: OutcomeClass::Completed,
+            attempt_errors: Vec::new(),
+            steps: vec![(Step::BatchLegsApplied, 4)],
+        };
+        recorder.record(OperationKind::Batch, Duration::from_millis(6), &batch);
+        let summary = recorder.summarize(Duration::from_secs(2));
+        assert_eq!(summary.per_operation["hold"].count, 3, "a hold is one operation");
+        assert_eq!(summary.per_operation["batch"].count, 1);
+        assert_eq!(summary.steps["hold_placed"], 3);
+        assert_eq!(summary.steps["hold_posted"], 2);
+        assert_eq!(summary.steps["hold_voided"], 1);
+        assert_eq!(summary.steps["batch_legs_applied"], 4);
+        assert_eq!(summary.accepted_writes, 4);
+        let report = Report {
+            run_id: "run-x".into(),
+            command: "test".into(),
+            started_at: chrono::Utc::now(),
+            target: "http://127.0.0.1:1".into(),
+            pacing: "closed loop (concurrency 1)".into(),
+            shape: "uniform".into(),
+            accounts: 2,
+            idempotency_keys: false,
+            measurements: summary,
+            server: ServerNotes::default(),
+            verification: None,
+        };
+        let text = report.render();
+        assert!(text.contains("steps of holds and batches:"), "{text}");
+        assert!(
+            text.lines()
+                .any(|line| line.contains("batch_legs_applied") && line.contains("4") && line.contains("2.0/s")),
+            "{text}"
+        );
+        assert!(text.lines().any(|line| line.starts_with("hold ")), "{text}");
     }
 
     #[test]

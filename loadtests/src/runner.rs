@@ -130,9 +130,10 @@ async fn closed_loop<E: Executor>(
                     break;
                 }
                 let operation = workload.next_operation();
+                let kind = operation.kind();
                 let sent = Instant::now();
                 let outcome = executor.execute(sequence, operation).await;
-                recorder.record(operation.kind(), sent.elapsed(), &outcome);
+                recorder.record(kind, sent.elapsed(), &outcome);
             }
         }));
     }
@@ -171,10 +172,11 @@ async fn open_loop<E: Executor>(
             .await
             .expect("the semaphore is never closed");
         let operation = workload.next_operation();
+        let kind = operation.kind();
         let (executor, recorder) = (executor.clone(), recorder.clone());
         tokio::spawn(async move {
             let outcome = executor.execute(sequence, operation).await;
-            recorder.record(operation.kind(), scheduled.elapsed(), &outcome);
+            recorder.record(kind, scheduled.elapsed(), &outcome);
             drop(slot);
         });
         sequence += 1;
@@ -214,7 +216,7 @@ pub fn progress_line(sample: &SecondSample, accepted_writes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{Mix, Shape};
+    use crate::workload::{HoldMix, Mix, Shape};
 
     /// A simulated server: answers after `service` unless it is stalled, in which case
     /// everything arriving waits until the stall ends.
@@ -251,6 +253,8 @@ mod tests {
                 mix: Mix::default(),
                 amount_min_minor: 1,
                 amount_max_minor: 10,
+                batch_legs: 4,
+                hold_mix: HoldMix::default(),
             },
             seed: 1,
             progress: false,

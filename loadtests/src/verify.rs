@@ -9,9 +9,16 @@
 //!    key, [`Store::find_by_idempotency_key`] returns exactly the transaction the client
 //!    was told about (so a retried write applied once); without one, [`Store::transaction`]
 //!    finds it. Writes whose answer was lost are looked up by key and counted as applied
-//!    or not;
+//!    or not. A hold is found the same way, and its stored status must match its
+//!    settlement's answer (posted with the posted amount, voided, rolled back); when only
+//!    the settlement's answer was lost, the hold's status tells what happened. A batch
+//!    is found by its key (stored with leg 0) or its batch id, and
+//!    [`Store::batch_legs`] must return exactly the legs sent, with the ids answered,
+//!    all completed (201) or all failed (422);
 //! 5. when the run knew the balances before it and the outcome of every write, each
-//!    account's balance is its balance before plus the run's movements.
+//!    account's balance is its balance before plus the run's movements: a completed
+//!    transfer, credit or debit; a posted hold's posted amount (a voided, refused or
+//!    still pending hold moves nothing); every leg of a completed batch.
 //!
 //! Each failure is a [`Finding`] naming the account or the transaction and the numbers.
 
@@ -27,7 +34,7 @@ use uuid::Uuid;
 
 use crate::client::{ApiClient, WriteAnswer, WriteRecord};
 use crate::database;
-use crate::workload::{OperationKind, format_minor};
+use crate::workload::{HoldSettlement, OperationKind, format_minor};
 
 /// Violations of each kind the store lists: enough to see a pattern, bounded so a badly
 /// broken ledger still prints a readable report.
@@ -284,21 +291,24 @@ pub struct Movement {
     pub amount_minor: i64,
 }
 
-/// How the stored record differs from the movement the client asked for, if it does.
-fn mismatch(write: &WriteRecord, record: &TransactionRecord) -> Option<String> {
-    let kind = match write.kind {
-        OperationKind::Transfer => "transfer",
+const CHECK_WRITES: &str = "acknowledged writes in the store";
+
+/// The type a write is stored as.
+fn stored_kind(kind: OperationKind) -> &'static str {
+    match kind {
+        OperationKind::Transfer | OperationKind::Hold | OperationKind::Batch => "transfer",
         OperationKind::Credit => "credit",
         OperationKind::Debit => "debit",
         OperationKind::History | OperationKind::Balance => "read",
-    };
-    let stored = (
-        record.kind.as_str(),
-        record.from.get(),
-        record.to.get(),
-        record.amount.minor(),
-    );
-    let sent = (kind, write.from, write.to, write.amount_minor);
+    }
+}
+
+/// How the stored record differs from the movement the client asked for, if it does.
+/// `amount_minor` is compared with the record's held amount for a hold (its `amount` is
+/// what was posted).
+fn differs(sent: (&str, i64, i64, i64), record: &TransactionRecord) -> Option<String> {
+    let amount = record.held_amount.unwrap_or(record.amount).minor();
+    let stored = (record.kind.as_str(), record.from.get(), record.to.get(), amount);
     (stored != sent).then(|| {
         format!(
             "stored as {} {}→{} {} but sent as {} {}→{} {}",
@@ -314,35 +324,67 @@ fn mismatch(write: &WriteRecord, record: &TransactionRecord) -> Option<String> {
     })
 }
 
+fn mismatch(write: &WriteRecord, record: &TransactionRecord) -> Option<String> {
+    differs(
+        (stored_kind(write.kind), write.from, write.to, write.amount_minor),
+        record,
+    )
+}
+
 /// What checking one write found.
+#[derive(Debug, PartialEq, Eq)]
 enum WriteCheck {
-    /// As answered; with its movement when it moved money.
-    Answered(Option<Movement>),
-    /// The answer was lost: found applied (with its movement) or not applied.
-    Resolved(Option<Movement>),
+    /// As answered, with the money it moved.
+    Answered(Vec<Movement>),
+    /// (Part of) the answer was lost, and the store tells what happened: `applied`
+    /// when the lost request took effect (found in the store once), with the money
+    /// moved.
+    Resolved {
+        applied: bool,
+        movements: Vec<Movement>,
+    },
     /// No key and no answer: nobody can tell.
     Unresolvable,
     Bad(Finding),
 }
 
-fn movement(record: &TransactionRecord) -> Option<Movement> {
-    (record.status == TransactionStatus::Completed).then(|| Movement {
-        from: record.from.get(),
-        to: record.to.get(),
-        amount_minor: record.amount.minor(),
+fn bad(transaction: Option<Uuid>, detail: String) -> WriteCheck {
+    WriteCheck::Bad(Finding {
+        check: CHECK_WRITES.into(),
+        account: None,
+        transaction,
+        detail,
     })
 }
 
-async fn check_write(store: &Store, admin_id: i64, write: &WriteRecord) -> anyhow::Result<WriteCheck> {
-    let bad = |transaction: Option<Uuid>, detail: String| {
-        Ok(WriteCheck::Bad(Finding {
-            check: "acknowledged writes in the store".into(),
-            account: None,
-            transaction,
-            detail,
-        }))
-    };
-    let found = match &write.key {
+fn movement(record: &TransactionRecord) -> Vec<Movement> {
+    if record.moved_money() {
+        vec![Movement {
+            from: record.from.get(),
+            to: record.to.get(),
+            amount_minor: record.amount.minor(),
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
+fn key_text(write: &WriteRecord) -> String {
+    write
+        .key
+        .as_ref()
+        .map_or_else(String::new, |key| format!(" (idempotency key {key})"))
+}
+
+/// The stored record of a single-transaction write (a transfer, credit, debit, or a
+/// hold): by its key when it had one, else by the id it was answered with. `None` when
+/// there is nothing to look it up by (no key, no id).
+async fn find_record(
+    store: &Store,
+    admin_id: i64,
+    write: &WriteRecord,
+) -> anyhow::Result<Option<Option<TransactionRecord>>> {
+    Ok(Some(match &write.key {
         Some(key) => store
             .find_by_idempotency_key(admin_id, key)
             .await
@@ -352,14 +394,65 @@ async fn check_write(store: &Store, admin_id: i64, write: &WriteRecord) -> anyho
                 .transaction(*id)
                 .await
                 .with_context(|| format!("looking up {id}"))?,
-            WriteAnswer::NotApplied { .. } => return Ok(WriteCheck::Answered(None)),
-            WriteAnswer::Unknown { .. } => return Ok(WriteCheck::Unresolvable),
+            WriteAnswer::NotApplied { .. } | WriteAnswer::Unknown { .. } => return Ok(None),
+        },
+    }))
+}
+
+/// A stored batch: the batch id and its legs in leg order (empty: not stored).
+type StoredBatch = (Option<Uuid>, Vec<TransactionRecord>);
+
+/// The stored legs of a batch write: by its key (which the server stores with leg 0),
+/// else by the batch id it was answered with.
+async fn find_batch(store: &Store, admin_id: i64, write: &WriteRecord) -> anyhow::Result<Option<StoredBatch>> {
+    let batch_id = match &write.key {
+        Some(key) => store
+            .find_by_idempotency_key(admin_id, key)
+            .await
+            .with_context(|| format!("looking up key {key}"))?
+            .and_then(|first| first.batch_id),
+        None => match &write.answer {
+            WriteAnswer::Completed { id, .. } | WriteAnswer::Refused { id, .. } => Some(*id),
+            WriteAnswer::NotApplied { .. } | WriteAnswer::Unknown { .. } => return Ok(None),
         },
     };
-    let key_text = write
-        .key
-        .as_ref()
-        .map_or_else(String::new, |key| format!(" (idempotency key {key})"));
+    let legs = match batch_id {
+        Some(batch) => store
+            .batch_legs(batch)
+            .await
+            .with_context(|| format!("reading the legs of batch {batch}"))?,
+        None => Vec::new(),
+    };
+    Ok(Some((batch_id.filter(|_| !legs.is_empty()), legs)))
+}
+
+async fn check_write(store: &Store, admin_id: i64, write: &WriteRecord) -> anyhow::Result<WriteCheck> {
+    if write.kind == OperationKind::Batch {
+        return Ok(match find_batch(store, admin_id, write).await? {
+            Some(stored) => judge_batch(write, stored),
+            None => unfound(write),
+        });
+    }
+    let Some(found) = find_record(store, admin_id, write).await? else {
+        return Ok(unfound(write));
+    };
+    Ok(match write.kind {
+        OperationKind::Hold => judge_hold(write, found),
+        _ => judge_single(write, found),
+    })
+}
+
+/// A write without a key nor an id to look it up by.
+fn unfound(write: &WriteRecord) -> WriteCheck {
+    match write.answer {
+        WriteAnswer::NotApplied { .. } => WriteCheck::Answered(Vec::new()),
+        _ => WriteCheck::Unresolvable,
+    }
+}
+
+/// A transfer, credit or debit against what the store holds for it.
+fn judge_single(write: &WriteRecord, found: Option<TransactionRecord>) -> WriteCheck {
+    let key_text = key_text(write);
     match (&write.answer, found) {
         (WriteAnswer::Completed { id, .. }, None) => bad(
             Some(*id),
@@ -392,7 +485,7 @@ async fn check_write(store: &Store, admin_id: i64, write: &WriteRecord) -> anyho
         ),
         (WriteAnswer::Completed { .. } | WriteAnswer::Refused { .. }, Some(record)) => match mismatch(write, &record) {
             Some(detail) => bad(Some(record.id), detail),
-            None => Ok(WriteCheck::Answered(movement(&record))),
+            None => WriteCheck::Answered(movement(&record)),
         },
         (WriteAnswer::NotApplied { code }, Some(record)) => bad(
             Some(record.id),
@@ -401,12 +494,327 @@ async fn check_write(store: &Store, admin_id: i64, write: &WriteRecord) -> anyho
                 record.status.as_str()
             ),
         ),
-        (WriteAnswer::NotApplied { .. }, None) => Ok(WriteCheck::Answered(None)),
+        (WriteAnswer::NotApplied { .. }, None) => WriteCheck::Answered(Vec::new()),
         (WriteAnswer::Unknown { .. }, Some(record)) => match mismatch(write, &record) {
             Some(detail) => bad(Some(record.id), detail),
-            None => Ok(WriteCheck::Resolved(movement(&record))),
+            None => WriteCheck::Resolved {
+                applied: true,
+                movements: movement(&record),
+            },
         },
-        (WriteAnswer::Unknown { .. }, None) => Ok(WriteCheck::Resolved(None)),
+        (WriteAnswer::Unknown { .. }, None) => WriteCheck::Resolved {
+            applied: false,
+            movements: Vec::new(),
+        },
+    }
+}
+
+/// A hold against what the store holds for it: the placement as answered, then the
+/// settlement. A posted hold moves what was posted; a voided one, a refused one and one
+/// still pending move nothing. When the settlement's answer was lost, the hold's stored
+/// status tells what happened (its id is known, so this needs no key).
+fn judge_hold(write: &WriteRecord, found: Option<TransactionRecord>) -> WriteCheck {
+    let key_text = key_text(write);
+    let record = match (&write.answer, found) {
+        (WriteAnswer::Completed { id, .. } | WriteAnswer::Refused { id, .. }, None) => {
+            return bad(
+                Some(*id),
+                format!(
+                    "hold {}→{} {} answered {} but not in the store{key_text}",
+                    write.from,
+                    write.to,
+                    format_minor(write.amount_minor),
+                    if matches!(write.answer, WriteAnswer::Completed { .. }) {
+                        "201"
+                    } else {
+                        "422"
+                    }
+                ),
+            );
+        }
+        (WriteAnswer::Completed { id, .. } | WriteAnswer::Refused { id, .. }, Some(record)) if record.id != *id => {
+            return bad(
+                Some(*id),
+                format!(
+                    "the hold was answered {id} but the store holds {}{key_text}: placed twice or answered wrongly",
+                    record.id
+                ),
+            );
+        }
+        (WriteAnswer::NotApplied { code }, Some(record)) => {
+            return bad(
+                Some(record.id),
+                format!(
+                    "hold answered {code} (nothing applied) yet stored as {}{key_text}",
+                    record.status.as_str()
+                ),
+            );
+        }
+        (WriteAnswer::NotApplied { .. }, None) => return WriteCheck::Answered(Vec::new()),
+        (WriteAnswer::Unknown { .. }, None) => {
+            return WriteCheck::Resolved {
+                applied: false,
+                movements: Vec::new(),
+            };
+        }
+        (_, Some(record)) => record,
+    };
+    if let Some(detail) = mismatch(write, &record) {
+        return bad(Some(record.id), detail);
+    }
+    let status = record.status;
+    match &write.answer {
+        WriteAnswer::Refused { status: answered, .. } => {
+            if status.as_str() != answered {
+                return bad(
+                    Some(record.id),
+                    format!("hold answered {answered} but stored as {}", status.as_str()),
+                );
+            }
+            WriteCheck::Answered(Vec::new())
+        }
+        // Placed, with the answer lost: the run never settled it, so it can only be
+        // refused, pending, or voided by its expiry.
+        WriteAnswer::Unknown { .. } => match status {
+            TransactionStatus::Failed | TransactionStatus::Pending | TransactionStatus::Voided => {
+                WriteCheck::Resolved {
+                    applied: true,
+                    movements: Vec::new(),
+                }
+            }
+            _ => bad(
+                Some(record.id),
+                format!(
+                    "a hold the run never settled (its placement went unanswered) is stored as {}",
+                    status.as_str()
+                ),
+            ),
+        },
+        WriteAnswer::Completed { .. } => judge_settlement(write, &record),
+        WriteAnswer::NotApplied { .. } => unreachable!("handled above"),
+    }
+}
+
+/// The settlement of a hold whose placement was answered 201, against its stored record.
+fn judge_settlement(write: &WriteRecord, record: &TransactionRecord) -> WriteCheck {
+    let status = record.status;
+    let Some(settlement) = &write.settlement else {
+        return bad(
+            Some(record.id),
+            "the hold was placed but the run recorded no settlement for it".into(),
+        );
+    };
+    let wanted = match settlement.settle {
+        HoldSettlement::Post | HoldSettlement::PostPartial { .. } => TransactionStatus::Posted,
+        HoldSettlement::Void => TransactionStatus::Voided,
+    };
+    let captured = settlement.settle.captured_minor(write.amount_minor);
+    // A finding when the hold is posted with another amount than the run posted.
+    let posted_right = || {
+        (status == TransactionStatus::Posted && record.amount.minor() != captured).then(|| {
+            bad(
+                Some(record.id),
+                format!(
+                    "posted {} of {} held but stored with {} posted",
+                    format_minor(captured),
+                    format_minor(write.amount_minor),
+                    format_minor(record.amount.minor())
+                ),
+            )
+        })
+    };
+    match &settlement.answer {
+        WriteAnswer::Completed { id, .. } if *id != record.id => bad(
+            Some(record.id),
+            format!(
+                "the {} of the hold was answered for transaction {id}",
+                settlement.settle.as_str()
+            ),
+        ),
+        WriteAnswer::Completed { .. } if status != wanted => bad(
+            Some(record.id),
+            format!(
+                "the {} was answered 200 but the hold is stored as {}",
+                settlement.settle.as_str(),
+                status.as_str()
+            ),
+        ),
+        WriteAnswer::Completed { .. } => posted_right().unwrap_or_else(|| WriteCheck::Answered(movement(record))),
+        WriteAnswer::Refused { status: answered, .. } if status.as_str() != answered => bad(
+            Some(record.id),
+            format!(
+                "the {} was answered {answered} but the hold is stored as {}",
+                settlement.settle.as_str(),
+                status.as_str()
+            ),
+        ),
+        WriteAnswer::Refused { .. } => WriteCheck::Answered(Vec::new()),
+        // Refused before anything happened (409: no longer pending, expired): nothing
+        // moved, so the hold must not be posted.
+        WriteAnswer::NotApplied { code } => match status {
+            TransactionStatus::Pending | TransactionStatus::Voided => WriteCheck::Answered(Vec::new()),
+            _ => bad(
+                Some(record.id),
+                format!(
+                    "the {} was answered {code} (nothing applied) yet the hold is stored as {}",
+                    settlement.settle.as_str(),
+                    status.as_str()
+                ),
+            ),
+        },
+        WriteAnswer::Unknown { .. } => match status {
+            TransactionStatus::Pending => WriteCheck::Resolved {
+                applied: false,
+                movements: Vec::new(),
+            },
+            // Voided by the request, or (when a post was asked) by its expiry.
+            TransactionStatus::Voided => WriteCheck::Resolved {
+                applied: wanted == TransactionStatus::Voided,
+                movements: Vec::new(),
+            },
+            TransactionStatus::Posted if wanted == TransactionStatus::Posted => {
+                posted_right().unwrap_or_else(|| WriteCheck::Resolved {
+                    applied: true,
+                    movements: movement(record),
+                })
+            }
+            TransactionStatus::RolledBack if wanted == TransactionStatus::Posted => WriteCheck::Resolved {
+                applied: true,
+                movements: Vec::new(),
+            },
+            _ => bad(
+                Some(record.id),
+                format!(
+                    "the run asked for a {} (answer lost) but the hold is stored as {}",
+                    settlement.settle.as_str(),
+                    status.as_str()
+                ),
+            ),
+        },
+    }
+}
+
+/// How the stored legs differ from the legs sent (and the ids answered), if they do:
+/// the leg's id, and what is wrong. Legs are matched by their stored place in the batch.
+fn legs_differ(write: &WriteRecord, legs: &[TransactionRecord]) -> Option<(Option<Uuid>, String)> {
+    for (index, sent) in write.legs.iter().enumerate() {
+        let place = u32::try_from(index).ok();
+        let Some(stored) = legs.iter().find(|leg| leg.leg == place) else {
+            return Some((
+                sent.id,
+                format!(
+                    "leg {index} of {} is not in the store ({} legs are)",
+                    write.legs.len(),
+                    legs.len()
+                ),
+            ));
+        };
+        if let Some(id) = sent.id
+            && stored.id != id
+        {
+            return Some((
+                Some(id),
+                format!(
+                    "leg {index} was answered {id} but the store holds {} in its place",
+                    stored.id
+                ),
+            ));
+        }
+        if let Some(detail) = differs(("transfer", sent.from, sent.to, sent.amount_minor), stored) {
+            return Some((Some(stored.id), format!("leg {index}: {detail}")));
+        }
+    }
+    (legs.len() != write.legs.len()).then(|| {
+        (
+            None,
+            format!(
+                "the batch has {} legs in the store, {} sent",
+                legs.len(),
+                write.legs.len()
+            ),
+        )
+    })
+}
+
+/// A batch against its stored legs: a 201 moved every leg, a refused batch (every leg
+/// `failed`) moved nothing.
+fn judge_batch(write: &WriteRecord, (stored_id, legs): StoredBatch) -> WriteCheck {
+    let key_text = key_text(write);
+    let every = |wanted: TransactionStatus| legs.iter().find(|leg| leg.status != wanted);
+    match (&write.answer, stored_id) {
+        (WriteAnswer::Completed { id, .. } | WriteAnswer::Refused { id, .. }, None) => bad(
+            Some(*id),
+            format!(
+                "batch answered {} but not in the store{key_text}: its {} legs were lost",
+                if matches!(write.answer, WriteAnswer::Completed { .. }) {
+                    "201"
+                } else {
+                    "422"
+                },
+                write.legs.len()
+            ),
+        ),
+        (WriteAnswer::Completed { id, .. } | WriteAnswer::Refused { id, .. }, Some(stored)) if stored != *id => bad(
+            Some(*id),
+            format!(
+                "the client was answered batch {id} but the store holds batch {stored}{key_text}: applied twice or answered wrongly"
+            ),
+        ),
+        (WriteAnswer::Completed { .. } | WriteAnswer::Refused { .. } | WriteAnswer::Unknown { .. }, Some(stored)) => {
+            if let Some((transaction, detail)) = legs_differ(write, &legs) {
+                return bad(transaction.or(Some(stored)), format!("batch {stored}: {detail}"));
+            }
+            match &write.answer {
+                WriteAnswer::Completed { .. } => match every(TransactionStatus::Completed) {
+                    Some(leg) => bad(
+                        Some(leg.id),
+                        format!(
+                            "batch {stored} answered 201 but leg {:?} is stored as {}",
+                            leg.leg,
+                            leg.status.as_str()
+                        ),
+                    ),
+                    None => WriteCheck::Answered(legs.iter().flat_map(movement).collect()),
+                },
+                WriteAnswer::Refused { .. } => match every(TransactionStatus::Failed) {
+                    Some(leg) => bad(
+                        Some(leg.id),
+                        format!(
+                            "batch {stored} answered 422 (nothing applied) but leg {:?} is stored as {}",
+                            leg.leg,
+                            leg.status.as_str()
+                        ),
+                    ),
+                    None => WriteCheck::Answered(Vec::new()),
+                },
+                _ => {
+                    let completed = every(TransactionStatus::Completed).is_none();
+                    if !completed && let Some(leg) = every(TransactionStatus::Failed) {
+                        return bad(
+                            Some(leg.id),
+                            format!(
+                                "batch {stored} is half applied: leg {:?} is stored as {}",
+                                leg.leg,
+                                leg.status.as_str()
+                            ),
+                        );
+                    }
+                    WriteCheck::Resolved {
+                        applied: true,
+                        movements: legs.iter().flat_map(movement).collect(),
+                    }
+                }
+            }
+        }
+        (WriteAnswer::NotApplied { code }, Some(stored)) => bad(
+            Some(stored),
+            format!("batch answered {code} (nothing applied) yet stored{key_text}"),
+        ),
+        (WriteAnswer::NotApplied { .. }, None) => WriteCheck::Answered(Vec::new()),
+        (WriteAnswer::Unknown { .. }, None) => WriteCheck::Resolved {
+            applied: false,
+            movements: Vec::new(),
+        },
     }
 }
 
@@ -427,26 +835,44 @@ async fn writes(store: &Store, run: &RunRecord) -> anyhow::Result<(Vec<Finding>,
             replayed += 1;
         }
         match check? {
-            WriteCheck::Answered(movement) => {
+            WriteCheck::Answered(moved) => {
                 answered += 1;
-                movements.extend(movement);
+                movements.extend(moved);
             }
-            WriteCheck::Resolved(Some(movement)) => {
-                resolved_applied += 1;
-                movements.push(movement);
+            WriteCheck::Resolved {
+                applied,
+                movements: moved,
+            } => {
+                if applied {
+                    resolved_applied += 1;
+                } else {
+                    resolved_not_applied += 1;
+                }
+                movements.extend(moved);
             }
-            WriteCheck::Resolved(None) => resolved_not_applied += 1,
             WriteCheck::Unresolvable => unresolvable += 1,
             WriteCheck::Bad(finding) => findings.push(finding),
         }
     }
     let keyed = run.writes.iter().filter(|write| write.key.is_some()).count();
     let retried = run.writes.iter().filter(|write| write.attempts > 1).count();
+    let holds = run
+        .writes
+        .iter()
+        .filter(|write| write.kind == OperationKind::Hold)
+        .count();
+    let batches: Vec<&WriteRecord> = run
+        .writes
+        .iter()
+        .filter(|write| write.kind == OperationKind::Batch)
+        .collect();
+    let legs: usize = batches.iter().map(|write| write.legs.len()).sum();
     let summary = format!(
-        "{} writes ({keyed} with a key, {retried} retried, {replayed} answered by a replay): {answered} as answered; \
-         answer lost: {resolved_applied} found applied once, {resolved_not_applied} not applied, {unresolvable} \
-         unknowable (no key)",
-        run.writes.len()
+        "{} writes ({keyed} with a key, {retried} retried, {replayed} answered by a replay; {holds} holds, {} \
+         batches of {legs} legs): {answered} as answered; answer lost: {resolved_applied} found applied once, \
+         {resolved_not_applied} not applied, {unresolvable} unknowable (no key)",
+        run.writes.len(),
+        batches.len()
     );
     let movements = (unresolvable == 0).then_some(movements);
     Ok((sorted(findings), summary, movements))
@@ -496,6 +922,374 @@ pub fn expected_balances(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::{LegRecord, SettlementRecord};
+    use tally_actors::{AccountId, Amount, TransactionKind};
+
+    /// A stored transfer (a hold when `held` is given, a batch leg when `batch` is).
+    fn stored(
+        id: Uuid,
+        status: TransactionStatus,
+        (from, to, amount): (i64, i64, i64),
+        held: Option<i64>,
+        batch: Option<(Uuid, u32)>,
+    ) -> TransactionRecord {
+        let now = chrono::Utc::now();
+        TransactionRecord {
+            id,
+            kind: TransactionKind::Transfer,
+            status,
+            from: AccountId::new(from).unwrap(),
+            to: AccountId::new(to).unwrap(),
+            amount: Amount::from_minor(amount).unwrap(),
+            debit: None,
+            credit: None,
+            refund: None,
+            refused_version: None,
+            failure_reason: None,
+            initiator: Some(1),
+            idempotency_key: None,
+            created_at: now,
+            completed_at: now,
+            held_amount: held.map(|held| Amount::from_minor(held).unwrap()),
+            expires_at: None,
+            parent_id: None,
+            batch_id: batch.map(|(batch, _)| batch),
+            leg: batch.map(|(_, leg)| leg),
+        }
+    }
+
+    fn completed(id: Uuid) -> WriteAnswer {
+        WriteAnswer::Completed { id, replayed: false }
+    }
+
+    fn lost() -> WriteAnswer {
+        WriteAnswer::Unknown {
+            last_error: "transport_other".into(),
+        }
+    }
+
+    /// A hold of 5.00 from 1 to 2, placed as `placed`, settled as `settle` with `answer`.
+    fn hold(placed: WriteAnswer, settlement: Option<(HoldSettlement, WriteAnswer)>) -> WriteRecord {
+        WriteRecord {
+            sequence: 3,
+            kind: OperationKind::Hold,
+            from: 1,
+            to: 2,
+            amount_minor: 500,
+            key: None,
+            attempts: 1,
+            answer: placed,
+            settlement: settlement.map(|(settle, answer)| SettlementRecord {
+                settle,
+                key: None,
+                attempts: 1,
+                answer,
+            }),
+            legs: Vec::new(),
+        }
+    }
+
+    fn held(id: Uuid, status: TransactionStatus, posted: i64) -> Option<TransactionRecord> {
+        Some(stored(id, status, (1, 2, posted), Some(500), None))
+    }
+
+    const PARTIAL: HoldSettlement = HoldSettlement::PostPartial { amount_minor: 120 };
+
+    fn moved(from: i64, to: i64, amount_minor: i64) -> Movement {
+        Movement { from, to, amount_minor }
+    }
+
+    fn finding(check: WriteCheck) -> Finding {
+        match check {
+            WriteCheck::Bad(finding) => finding,
+            other => panic!("expected a finding, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_posted_hold_moves_what_was_posted_and_a_voided_one_moves_nothing() {
+        let id = Uuid::now_v7();
+        let posted = hold(completed(id), Some((PARTIAL, completed(id))));
+        assert_eq!(
+            judge_hold(&posted, held(id, TransactionStatus::Posted, 120)),
+            WriteCheck::Answered(vec![moved(1, 2, 120)])
+        );
+        let whole = hold(completed(id), Some((HoldSettlement::Post, completed(id))));
+        assert_eq!(
+            judge_hold(&whole, held(id, TransactionStatus::Posted, 500)),
+            WriteCheck::Answered(vec![moved(1, 2, 500)])
+        );
+        let voided = hold(completed(id), Some((HoldSettlement::Void, completed(id))));
+        assert_eq!(
+            judge_hold(&voided, held(id, TransactionStatus::Voided, 500)),
+            WriteCheck::Answered(Vec::new())
+        );
+        let refused = hold(
+            WriteAnswer::Refused {
+                id,
+                status: "failed".into(),
+                code: "insufficient_funds".into(),
+            },
+            None,
+        );
+        assert_eq!(
+            judge_hold(&refused, held(id, TransactionStatus::Failed, 500)),
+            WriteCheck::Answered(Vec::new())
+        );
+    }
+
+    #[test]
+    fn a_hold_stored_otherwise_than_answered_is_named_with_the_numbers() {
+        let id = Uuid::now_v7();
+        let posted = hold(completed(id), Some((PARTIAL, completed(id))));
+        let wrong_amount = finding(judge_hold(&posted, held(id, TransactionStatus::Posted, 500)));
+        assert_eq!(wrong_amount.transaction, Some(id));
+        assert_eq!(
+            wrong_amount.detail,
+            "posted 1.20 of 5.00 held but stored with 5.00 posted"
+        );
+        let not_posted = finding(judge_hold(&posted, held(id, TransactionStatus::Voided, 500)));
+        assert!(not_posted.detail.contains("stored as voided"), "{}", not_posted.detail);
+        let lost = finding(judge_hold(&posted, None));
+        assert!(
+            lost.detail.contains("answered 201 but not in the store"),
+            "{}",
+            lost.detail
+        );
+        let twice = finding(judge_hold(
+            &posted,
+            held(Uuid::now_v7(), TransactionStatus::Posted, 120),
+        ));
+        assert!(twice.detail.contains("placed twice"), "{}", twice.detail);
+        let other_accounts = Some(stored(id, TransactionStatus::Posted, (1, 3, 120), Some(500), None));
+        let elsewhere = finding(judge_hold(&posted, other_accounts));
+        assert!(
+            elsewhere.detail.contains("stored as transfer 1→3"),
+            "{}",
+            elsewhere.detail
+        );
+    }
+
+    #[test]
+    fn a_lost_settlement_is_resolved_from_the_status_of_the_hold() {
+        let id = Uuid::now_v7();
+        let post = hold(completed(id), Some((PARTIAL, lost())));
+        assert_eq!(
+            judge_hold(&post, held(id, TransactionStatus::Posted, 120)),
+            WriteCheck::Resolved {
+                applied: true,
+                movements: vec![moved(1, 2, 120)]
+            }
+        );
+        assert_eq!(
+            judge_hold(&post, held(id, TransactionStatus::Pending, 500)),
+            WriteCheck::Resolved {
+                applied: false,
+                movements: Vec::new()
+            }
+        );
+        let void = hold(completed(id), Some((HoldSettlement::Void, lost())));
+        assert_eq!(
+            judge_hold(&void, held(id, TransactionStatus::Voided, 500)),
+            WriteCheck::Resolved {
+                applied: true,
+                movements: Vec::new()
+            }
+        );
+        let posted_instead = finding(judge_hold(&void, held(id, TransactionStatus::Posted, 500)));
+        assert!(
+            posted_instead
+                .detail
+                .contains("asked for a void (answer lost) but the hold is stored as posted"),
+            "{}",
+            posted_instead.detail
+        );
+    }
+
+    #[test]
+    fn a_hold_whose_placement_went_unanswered_may_only_be_pending_refused_or_voided() {
+        let id = Uuid::now_v7();
+        let unanswered = hold(lost(), None);
+        assert_eq!(
+            judge_hold(&unanswered, held(id, TransactionStatus::Pending, 500)),
+            WriteCheck::Resolved {
+                applied: true,
+                movements: Vec::new()
+            }
+        );
+        assert_eq!(
+            judge_hold(&unanswered, None),
+            WriteCheck::Resolved {
+                applied: false,
+                movements: Vec::new()
+            }
+        );
+        let posted = finding(judge_hold(&unanswered, held(id, TransactionStatus::Posted, 500)));
+        assert!(posted.detail.contains("never settled"), "{}", posted.detail);
+        let refused_yet_stored = hold(
+            WriteAnswer::NotApplied {
+                code: "rate_limited".into(),
+            },
+            None,
+        );
+        let stored_anyway = finding(judge_hold(
+            &refused_yet_stored,
+            held(id, TransactionStatus::Pending, 500),
+        ));
+        assert!(
+            stored_anyway.detail.contains("nothing applied"),
+            "{}",
+            stored_anyway.detail
+        );
+    }
+
+    /// A batch of two transfers (1→2 0.30, 3→4 0.70) answered `answer`, legs with `ids`.
+    fn batch(answer: WriteAnswer, ids: [Option<Uuid>; 2]) -> WriteRecord {
+        let leg = |(from, to, amount_minor), id| LegRecord {
+            from,
+            to,
+            amount_minor,
+            id,
+        };
+        WriteRecord {
+            sequence: 9,
+            kind: OperationKind::Batch,
+            from: 0,
+            to: 0,
+            amount_minor: 100,
+            key: Some("run-x-9".into()),
+            attempts: 1,
+            answer,
+            settlement: None,
+            legs: vec![leg((1, 2, 30), ids[0]), leg((3, 4, 70), ids[1])],
+        }
+    }
+
+    fn stored_legs(batch: Uuid, ids: [Uuid; 2], status: TransactionStatus) -> Vec<TransactionRecord> {
+        vec![
+            stored(ids[0], status, (1, 2, 30), None, Some((batch, 0))),
+            stored(ids[1], status, (3, 4, 70), None, Some((batch, 1))),
+        ]
+    }
+
+    #[test]
+    fn a_completed_batch_moves_every_leg_and_a_refused_one_nothing() {
+        let (id, legs) = (Uuid::now_v7(), [Uuid::now_v7(), Uuid::now_v7()]);
+        let done = batch(completed(id), legs.map(Some));
+        assert_eq!(
+            judge_batch(&done, (Some(id), stored_legs(id, legs, TransactionStatus::Completed))),
+            WriteCheck::Answered(vec![moved(1, 2, 30), moved(3, 4, 70)])
+        );
+        let refused = batch(
+            WriteAnswer::Refused {
+                id,
+                status: "failed".into(),
+                code: "insufficient_funds".into(),
+            },
+            legs.map(Some),
+        );
+        assert_eq!(
+            judge_batch(&refused, (Some(id), stored_legs(id, legs, TransactionStatus::Failed))),
+            WriteCheck::Answered(Vec::new())
+        );
+        let unanswered = batch(lost(), [None, None]);
+        assert_eq!(
+            judge_batch(
+                &unanswered,
+                (Some(id), stored_legs(id, legs, TransactionStatus::Completed))
+            ),
+            WriteCheck::Resolved {
+                applied: true,
+                movements: vec![moved(1, 2, 30), moved(3, 4, 70)]
+            }
+        );
+        assert_eq!(
+            judge_batch(&unanswered, (None, Vec::new())),
+            WriteCheck::Resolved {
+                applied: false,
+                movements: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_batch_stored_otherwise_than_answered_is_named_down_to_the_leg() {
+        let (id, legs) = (Uuid::now_v7(), [Uuid::now_v7(), Uuid::now_v7()]);
+        let done = batch(completed(id), legs.map(Some));
+        let mut missing = stored_legs(id, legs, TransactionStatus::Completed);
+        missing.pop();
+        let missing = finding(judge_batch(&done, (Some(id), missing)));
+        assert_eq!(missing.transaction, Some(legs[1]));
+        assert!(
+            missing.detail.contains("leg 1 of 2 is not in the store"),
+            "{}",
+            missing.detail
+        );
+        let gone = finding(judge_batch(&done, (None, Vec::new())));
+        assert_eq!(gone.transaction, Some(id));
+        assert!(
+            gone.detail.contains("answered 201 but not in the store"),
+            "{}",
+            gone.detail
+        );
+        let failed = finding(judge_batch(
+            &done,
+            (Some(id), stored_legs(id, legs, TransactionStatus::Failed)),
+        ));
+        assert!(
+            failed
+                .detail
+                .contains("answered 201 but leg Some(0) is stored as failed"),
+            "{}",
+            failed.detail
+        );
+        let other = Uuid::now_v7();
+        let twice = finding(judge_batch(
+            &done,
+            (Some(other), stored_legs(other, legs, TransactionStatus::Completed)),
+        ));
+        assert!(twice.detail.contains("applied twice"), "{}", twice.detail);
+        let mut half = stored_legs(id, legs, TransactionStatus::Completed);
+        half[1].status = TransactionStatus::Failed;
+        let half = finding(judge_batch(&batch(lost(), [None, None]), (Some(id), half)));
+        assert!(half.detail.contains("half applied"), "{}", half.detail);
+        let mut changed = stored_legs(id, legs, TransactionStatus::Completed);
+        changed[0].amount = Amount::from_minor(31).unwrap();
+        let changed = finding(judge_batch(&done, (Some(id), changed)));
+        assert_eq!(changed.transaction, Some(legs[0]));
+        assert!(
+            changed.detail.contains("leg 0: stored as transfer 1→2 0.31"),
+            "{}",
+            changed.detail
+        );
+    }
+
+    #[test]
+    fn run_records_of_holds_and_batches_read_back_as_written() {
+        let id = Uuid::now_v7();
+        let record = RunRecord {
+            run_id: "run-x".into(),
+            admin_id: 1,
+            balances_before: None,
+            writes: vec![
+                hold(completed(id), Some((PARTIAL, completed(id)))),
+                batch(completed(id), [Some(id), None]),
+            ],
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(
+            text.contains(r#""settle":{"action":"post_partial","amount_minor":120}"#),
+            "{text}"
+        );
+        let back: RunRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, record);
+        // A run.json written before holds and batches existed still reads.
+        let old = r#"{"run_id":"r","admin_id":1,"balances_before":null,"writes":[{"sequence":0,"kind":"transfer",
+            "from":1,"to":2,"amount_minor":5,"key":null,"attempts":1,"answer":"not_applied","code":"rate_limited"}]}"#;
+        let old: RunRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(old.writes[0].settlement, None);
+        assert!(old.writes[0].legs.is_empty());
+    }
 
     #[test]
     fn expected_balances_add_the_runs_movements_to_the_balances_before() {

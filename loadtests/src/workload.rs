@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::{Deserialize, Serialize};
 
-/// The kinds of request the load tester sends.
+/// The kinds of operation the load tester sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationKind {
@@ -22,15 +22,21 @@ pub enum OperationKind {
     Debit,
     History,
     Balance,
+    /// A hold placed and then settled: two requests, one operation.
+    Hold,
+    /// An atomic batch of transfers: one request.
+    Batch,
 }
 
 impl OperationKind {
-    pub const ALL: [OperationKind; 5] = [
+    pub const ALL: [OperationKind; 7] = [
         OperationKind::Transfer,
         OperationKind::Credit,
         OperationKind::Debit,
         OperationKind::History,
         OperationKind::Balance,
+        OperationKind::Hold,
+        OperationKind::Batch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +46,8 @@ impl OperationKind {
             OperationKind::Debit => "debit",
             OperationKind::History => "history",
             OperationKind::Balance => "balance",
+            OperationKind::Hold => "hold",
+            OperationKind::Batch => "batch",
         }
     }
 
@@ -47,19 +55,87 @@ impl OperationKind {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            OperationKind::Transfer | OperationKind::Credit | OperationKind::Debit
+            OperationKind::Transfer
+                | OperationKind::Credit
+                | OperationKind::Debit
+                | OperationKind::Hold
+                | OperationKind::Batch
         )
     }
 }
 
-/// One request to send. Accounts are user ids as the API knows them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a hold is settled once placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum HoldSettlement {
+    /// Capture all of it.
+    Post,
+    /// Capture this much (less than held); the rest is released.
+    PostPartial { amount_minor: i64 },
+    /// Release all of it.
+    Void,
+}
+
+impl HoldSettlement {
+    /// What the source pays when this settlement is applied to a hold of `held_minor`.
+    pub fn captured_minor(self, held_minor: i64) -> i64 {
+        match self {
+            HoldSettlement::Post => held_minor,
+            HoldSettlement::PostPartial { amount_minor } => amount_minor,
+            HoldSettlement::Void => 0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldSettlement::Post => "post",
+            HoldSettlement::PostPartial { .. } => "partial post",
+            HoldSettlement::Void => "void",
+        }
+    }
+}
+
+/// One transfer of an atomic batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLeg {
+    pub from: i64,
+    pub to: i64,
+    pub amount_minor: i64,
+}
+
+/// One operation to perform. Accounts are user ids as the API knows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
-    Transfer { from: i64, to: i64, amount_minor: i64 },
-    Credit { user: i64, amount_minor: i64 },
-    Debit { user: i64, amount_minor: i64 },
-    History { user: i64 },
-    Balance { user: i64 },
+    Transfer {
+        from: i64,
+        to: i64,
+        amount_minor: i64,
+    },
+    Credit {
+        user: i64,
+        amount_minor: i64,
+    },
+    Debit {
+        user: i64,
+        amount_minor: i64,
+    },
+    History {
+        user: i64,
+    },
+    Balance {
+        user: i64,
+    },
+    /// Place a hold of `amount_minor` from `from` to `to`, then settle it.
+    Hold {
+        from: i64,
+        to: i64,
+        amount_minor: i64,
+        settlement: HoldSettlement,
+    },
+    /// One atomic batch of transfers.
+    Batch {
+        legs: Vec<BatchLeg>,
+    },
 }
 
 impl Operation {
@@ -70,9 +146,15 @@ impl Operation {
             Operation::Debit { .. } => OperationKind::Debit,
             Operation::History { .. } => OperationKind::History,
             Operation::Balance { .. } => OperationKind::Balance,
+            Operation::Hold { .. } => OperationKind::Hold,
+            Operation::Batch { .. } => OperationKind::Batch,
         }
     }
 }
+
+/// The most legs a batch may have: the server's default `batch_legs_max`, beyond which
+/// it refuses the whole batch as invalid.
+pub const BATCH_LEGS_MAX: usize = 100;
 
 /// How accounts are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +198,10 @@ pub struct Mix {
     pub debit_percent: u32,
     pub history_percent: u32,
     pub balance_percent: u32,
+    #[serde(default)]
+    pub hold_percent: u32,
+    #[serde(default)]
+    pub batch_percent: u32,
 }
 
 impl Default for Mix {
@@ -126,18 +212,22 @@ impl Default for Mix {
             debit_percent: 0,
             history_percent: 0,
             balance_percent: 0,
+            hold_percent: 0,
+            batch_percent: 0,
         }
     }
 }
 
 impl Mix {
-    fn weights(&self) -> [(OperationKind, u32); 5] {
+    fn weights(&self) -> [(OperationKind, u32); 7] {
         [
             (OperationKind::Transfer, self.transfer_percent),
             (OperationKind::Credit, self.credit_percent),
             (OperationKind::Debit, self.debit_percent),
             (OperationKind::History, self.history_percent),
             (OperationKind::Balance, self.balance_percent),
+            (OperationKind::Hold, self.hold_percent),
+            (OperationKind::Batch, self.batch_percent),
         ]
     }
 
@@ -157,7 +247,8 @@ impl Mix {
 impl FromStr for Mix {
     type Err = String;
 
-    /// `transfer=80,credit=5,debit=5,history=5,balance=5`; omitted operations are 0.
+    /// `transfer=70,credit=5,debit=5,history=5,balance=5,hold=5,batch=5`; omitted
+    /// operations are 0.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut mix = Mix {
             transfer_percent: 0,
@@ -177,15 +268,72 @@ impl FromStr for Mix {
                 "debit" => &mut mix.debit_percent,
                 "history" => &mut mix.history_percent,
                 "balance" => &mut mix.balance_percent,
+                "hold" => &mut mix.hold_percent,
+                "batch" => &mut mix.batch_percent,
                 other => {
                     return Err(format!(
-                        "unknown operation {other:?} (transfer, credit, debit, history, balance)"
+                        "unknown operation {other:?} (transfer, credit, debit, history, balance, hold, batch)"
                     ));
                 }
             };
             *slot = percent;
         }
         let total: u32 = mix.weights().iter().map(|(_, percent)| percent).sum();
+        if total != 100 {
+            return Err(format!("the percentages add up to {total}, not 100"));
+        }
+        Ok(mix)
+    }
+}
+
+/// How placed holds are settled, in percent adding up to 100.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldMix {
+    /// Captured whole.
+    pub post_percent: u32,
+    /// Captured in part (a uniform amount below the held one), the rest released.
+    pub partial_percent: u32,
+    /// Released whole.
+    pub void_percent: u32,
+}
+
+impl Default for HoldMix {
+    fn default() -> Self {
+        HoldMix {
+            post_percent: 60,
+            partial_percent: 20,
+            void_percent: 20,
+        }
+    }
+}
+
+impl FromStr for HoldMix {
+    type Err = String;
+
+    /// `post=60,partial=20,void=20`; omitted settlements are 0.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut mix = HoldMix {
+            post_percent: 0,
+            partial_percent: 0,
+            void_percent: 0,
+        };
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not name=percent"))?;
+            let percent: u32 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{value:?} is not a whole percentage"))?;
+            let slot = match name.trim() {
+                "post" => &mut mix.post_percent,
+                "partial" => &mut mix.partial_percent,
+                "void" => &mut mix.void_percent,
+                other => return Err(format!("unknown settlement {other:?} (post, partial, void)")),
+            };
+            *slot = percent;
+        }
+        let total = mix.post_percent + mix.partial_percent + mix.void_percent;
         if total != 100 {
             return Err(format!("the percentages add up to {total}, not 100"));
         }
@@ -239,6 +387,10 @@ pub struct WorkloadConfig {
     pub mix: Mix,
     pub amount_min_minor: i64,
     pub amount_max_minor: i64,
+    /// Transfers per batch operation.
+    pub batch_legs: usize,
+    /// How holds are settled.
+    pub hold_mix: HoldMix,
 }
 
 impl WorkloadConfig {
@@ -257,6 +409,12 @@ impl WorkloadConfig {
             && !(exponent.is_finite() && exponent > 0.0)
         {
             return Err(format!("the Zipf exponent must be above 0, got {exponent}"));
+        }
+        if !(1..=BATCH_LEGS_MAX).contains(&self.batch_legs) {
+            return Err(format!(
+                "a batch has 1 to {BATCH_LEGS_MAX} legs, got {}",
+                self.batch_legs
+            ));
         }
         if self.amount_min_minor <= 0 || self.amount_min_minor > self.amount_max_minor {
             return Err(format!(
@@ -350,6 +508,26 @@ impl Workload {
             .random_range(self.config.amount_min_minor..=self.config.amount_max_minor)
     }
 
+    /// How the next hold is settled, for a hold of `held_minor`. A partial post of a
+    /// one-cent hold cannot capture less than all of it, so it posts whole.
+    fn settlement(&mut self, held_minor: i64) -> HoldSettlement {
+        let mix = &self.config.hold_mix;
+        let roll = self.random.random_range(0..100);
+        if roll < mix.post_percent {
+            HoldSettlement::Post
+        } else if roll < mix.post_percent + mix.partial_percent {
+            if held_minor < 2 {
+                HoldSettlement::Post
+            } else {
+                HoldSettlement::PostPartial {
+                    amount_minor: self.random.random_range(1..held_minor),
+                }
+            }
+        } else {
+            HoldSettlement::Void
+        }
+    }
+
     pub fn next_operation(&mut self) -> Operation {
         let kind = self.config.mix.pick(self.random.random_range(0..100));
         let (from, to) = self.pair();
@@ -370,6 +548,30 @@ impl Workload {
             },
             OperationKind::History => Operation::History { user: accounts[from] },
             OperationKind::Balance => Operation::Balance { user: accounts[from] },
+            OperationKind::Hold => {
+                let amount_minor = self.amount();
+                Operation::Hold {
+                    from: accounts[from],
+                    to: accounts[to],
+                    amount_minor,
+                    settlement: self.settlement(amount_minor),
+                }
+            }
+            OperationKind::Batch => {
+                let mut legs = Vec::with_capacity(self.config.batch_legs);
+                let mut pair = (from, to);
+                for leg in 0..self.config.batch_legs {
+                    if leg > 0 {
+                        pair = self.pair();
+                    }
+                    legs.push(BatchLeg {
+                        from: accounts[pair.0],
+                        to: accounts[pair.1],
+                        amount_minor: self.amount(),
+                    });
+                }
+                Operation::Batch { legs }
+            }
         }
     }
 }
@@ -389,6 +591,8 @@ mod tests {
             mix: Mix::default(),
             amount_min_minor: 1,
             amount_max_minor: 1000,
+            batch_legs: 4,
+            hold_mix: HoldMix::default(),
         }
     }
 
@@ -497,10 +701,134 @@ mod tests {
     }
 
     #[test]
+    fn holds_are_settled_in_the_proportions_of_the_hold_mix() {
+        let mut config = config(100, Shape::Uniform);
+        config.mix = "hold=100".parse().unwrap();
+        let mut workload = Workload::new(config, 5);
+        let (mut posts, mut partials, mut voids) = (0, 0, 0);
+        for _ in 0..50_000 {
+            let Operation::Hold {
+                from,
+                to,
+                amount_minor,
+                settlement,
+            } = workload.next_operation()
+            else {
+                panic!("only holds in this mix");
+            };
+            assert!(from % 10 == 0 && to % 10 == 0 && from != to, "{from}→{to}");
+            assert!((1..=1000).contains(&amount_minor));
+            match settlement {
+                HoldSettlement::Post => posts += 1,
+                HoldSettlement::PostPartial { amount_minor: captured } => {
+                    partials += 1;
+                    assert!(
+                        (1..amount_minor).contains(&captured),
+                        "a partial post captures less than held: {captured} of {amount_minor}"
+                    );
+                }
+                HoldSettlement::Void => voids += 1,
+            }
+        }
+        // 60/20/20 by default; one cent holds (1 in 1000) post whole instead of in part.
+        let share = |count: i32| f64::from(count) / 50_000.0;
+        assert!((0.59..0.61).contains(&share(posts)), "posts {posts}");
+        assert!((0.19..0.21).contains(&share(partials)), "partials {partials}");
+        assert!((0.19..0.21).contains(&share(voids)), "voids {voids}");
+    }
+
+    #[test]
+    fn a_partial_post_of_a_one_cent_hold_posts_it_whole() {
+        let mut config = config(10, Shape::Uniform);
+        config.hold_mix = "partial=100".parse().unwrap();
+        let mut workload = Workload::new(config, 1);
+        assert_eq!(workload.settlement(1), HoldSettlement::Post);
+        assert!(matches!(
+            workload.settlement(2),
+            HoldSettlement::PostPartial { amount_minor: 1 }
+        ));
+    }
+
+    #[test]
+    fn settlements_say_what_the_source_pays() {
+        assert_eq!(HoldSettlement::Post.captured_minor(500), 500);
+        assert_eq!(
+            HoldSettlement::PostPartial { amount_minor: 120 }.captured_minor(500),
+            120
+        );
+        assert_eq!(HoldSettlement::Void.captured_minor(500), 0);
+    }
+
+    #[test]
+    fn a_batch_has_the_configured_legs_each_chosen_by_the_shape() {
+        let mut config = config(100, Shape::HotPair);
+        config.mix = "batch=100".parse().unwrap();
+        config.batch_legs = 7;
+        let mut workload = Workload::new(config, 9);
+        let mut directions = std::collections::BTreeSet::new();
+        for _ in 0..1_000 {
+            let Operation::Batch { legs } = workload.next_operation() else {
+                panic!("only batches in this mix");
+            };
+            assert_eq!(legs.len(), 7);
+            for leg in legs {
+                // Hot pair: every leg between the first two accounts (ids 10 and 20).
+                assert!(matches!((leg.from, leg.to), (10, 20) | (20, 10)), "{leg:?}");
+                assert!((1..=1000).contains(&leg.amount_minor));
+                directions.insert((leg.from, leg.to));
+            }
+        }
+        assert_eq!(directions.len(), 2, "legs are drawn one by one, not copied");
+    }
+
+    #[test]
+    fn holds_and_batches_take_their_share_of_a_mixed_load() {
+        let mut config = config(100, Shape::Uniform);
+        config.mix = "transfer=40,hold=30,batch=20,balance=10".parse().unwrap();
+        let mut workload = Workload::new(config, 11);
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..100_000 {
+            *seen.entry(workload.next_operation().kind()).or_insert(0) += 1;
+        }
+        let share = |kind| f64::from(seen[&kind]) / 100_000.0;
+        assert!((0.29..0.31).contains(&share(OperationKind::Hold)));
+        assert!((0.19..0.21).contains(&share(OperationKind::Batch)));
+        assert!(OperationKind::Hold.is_write() && OperationKind::Batch.is_write());
+        assert!(!seen.contains_key(&OperationKind::Credit));
+    }
+
+    #[test]
+    fn hold_mixes_that_do_not_add_up_are_refused_with_a_reason() {
+        let cases = [
+            ("post=60,void=20", "add up to 80"),
+            ("post=60,partial=20,refund=20", "unknown settlement"),
+            ("post", "name=percent"),
+            ("post=-1", "whole percentage"),
+        ];
+        for (text, reason) in cases {
+            let error = text.parse::<HoldMix>().unwrap_err();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
+        assert_eq!(
+            "post=60,partial=20,void=20".parse::<HoldMix>().unwrap(),
+            HoldMix::default()
+        );
+        assert_eq!(
+            "void=100".parse::<HoldMix>().unwrap(),
+            HoldMix {
+                post_percent: 0,
+                partial_percent: 0,
+                void_percent: 100
+            }
+        );
+    }
+
+    #[test]
     fn mixes_that_do_not_add_up_are_refused_with_a_reason() {
         let cases = [
             ("transfer=90", "add up to 90"),
             ("transfer=90,refund=10", "unknown operation"),
+            ("transfer=50,hold=40", "add up to 90"),
             ("transfer", "name=percent"),
             ("transfer=x", "whole percentage"),
         ];
@@ -509,6 +837,8 @@ mod tests {
             assert!(error.contains(reason), "{text}: {error}");
         }
         assert_eq!("transfer=100".parse::<Mix>().unwrap(), Mix::default());
+        let mix = "hold=60,batch=40".parse::<Mix>().unwrap();
+        assert_eq!((mix.hold_percent, mix.batch_percent, mix.transfer_percent), (60, 40, 0));
     }
 
     #[test]
@@ -537,5 +867,10 @@ mod tests {
         bad = config(5, Shape::Uniform);
         bad.amount_min_minor = 0;
         assert!(bad.validate().unwrap_err().contains("amount range"));
+        for legs in [0, BATCH_LEGS_MAX + 1] {
+            bad = config(5, Shape::Uniform);
+            bad.batch_legs = legs;
+            assert!(bad.validate().unwrap_err().contains("1 to 100 legs"), "{legs} legs");
+        }
     }
 }

@@ -12,13 +12,13 @@ use tally::configuration::{Environment, Settings};
 use tally::startup::Application;
 use tally_actors::Store;
 use tally_actors::testing::{Backend, TestDb};
-use tally_loadtest::client::{ApiClient, RetryPolicy, WriteAnswer};
+use tally_loadtest::client::{ApiClient, RetryPolicy, WriteAnswer, WriteRecord};
 use tally_loadtest::report::Report;
 use tally_loadtest::runner::{Pacing, RunPlan, Stop};
 use tally_loadtest::session::{LoadSession, SessionOptions};
 use tally_loadtest::setup::{self, SetupPlan};
 use tally_loadtest::verify::{self, RunRecord, Verification, VerifyInputs};
-use tally_loadtest::workload::{Mix, Shape, WorkloadConfig};
+use tally_loadtest::workload::{HoldMix, HoldSettlement, Mix, OperationKind, Shape, WorkloadConfig};
 
 const ADMIN_USERNAME: &str = "admin";
 const ADMIN_PASSWORD: &str = "admin-password";
@@ -106,6 +106,8 @@ impl Ledger {
                 mix: mix.parse::<Mix>().unwrap(),
                 amount_min_minor: 1,
                 amount_max_minor: 20_00,
+                batch_legs: 4,
+                hold_mix: HoldMix::default(),
             },
             seed: 42,
             progress: false,
@@ -151,6 +153,7 @@ impl Ledger {
         verification
     }
 
+    /// Run a statement that must change exactly one row.
     async fn execute(&self, sql: String) {
         let pool = self.store.postgres_pool().expect("a PostgreSQL store");
         let done = pool
@@ -421,5 +424,182 @@ async fn a_run_longer_than_a_token_logs_in_again_instead_of_failing() {
         report.measurements.attempt_errors
     );
     assert!(report.verification.as_ref().unwrap().passed());
+    ledger.stop().await;
+}
+
+/// The holds of a run whose placement and settlement were both answered 2xx, with their
+/// id and settlement.
+fn settled_holds(record: &RunRecord) -> Vec<(&WriteRecord, uuid::Uuid, HoldSettlement)> {
+    record
+        .writes
+        .iter()
+        .filter_map(|write| match (&write.answer, &write.settlement) {
+            (WriteAnswer::Completed { id, .. }, Some(settlement))
+                if matches!(settlement.answer, WriteAnswer::Completed { .. }) =>
+            {
+                Some((write, *id, settlement.settle))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_mixed_run_of_holds_and_batches_with_keys_verifies_clean() {
+    let ledger = Ledger::start().await;
+    let plan = ledger.plan(
+        Pacing::Closed { concurrency: 8 },
+        300,
+        "transfer=30,hold=40,batch=20,balance=10",
+    );
+    let (report, record) = ledger.load(plan, true).await;
+    let measurements = &report.measurements;
+    assert_eq!(measurements.overall.count, 300);
+    assert!(
+        measurements
+            .outcomes
+            .keys()
+            .all(|outcome| outcome == "completed" || outcome.starts_with("refused:")),
+        "only completions and business refusals: {:?}",
+        measurements.outcomes
+    );
+    let operations: Vec<&str> = measurements.per_operation.keys().map(String::as_str).collect();
+    assert_eq!(operations, ["balance", "batch", "hold", "transfer"]);
+    // Every hold placed was settled, one way or another.
+    let steps = &measurements.steps;
+    let settled = steps.get("hold_posted").copied().unwrap_or(0)
+        + steps.get("hold_posted_in_part").copied().unwrap_or(0)
+        + steps.get("hold_voided").copied().unwrap_or(0);
+    assert!(
+        steps["hold_placed"] > 0 && steps["hold_posted"] > 0 && steps["hold_voided"] > 0,
+        "{steps:?}"
+    );
+    assert_eq!(settled, steps["hold_placed"], "{steps:?}");
+    // Small balances and amounts up to 20.00: some batches are refused, all legs at once.
+    let legs = steps["batch_legs_applied"] + steps.get("batch_legs_refused").copied().unwrap_or(0);
+    assert_eq!(legs, 4 * measurements.per_operation["batch"].count, "{steps:?}");
+    let verification = report.verification.as_ref().expect("the run verified");
+    assert!(verification.passed(), "{}", verification.render());
+    assert_eq!(
+        passed_checks(verification),
+        [
+            "server idle",
+            "store invariants",
+            "API balances = store",
+            "acknowledged writes in the store",
+            "balances = before + the run's movements"
+        ]
+    );
+    // The record holds what verification needs: every settlement's key, every leg's id.
+    for write in &record.writes {
+        let key = write.key.as_deref().expect("keys on every write");
+        match write.kind {
+            OperationKind::Hold => match &write.answer {
+                WriteAnswer::Completed { .. } => {
+                    let settlement = write.settlement.as_ref().expect("every placed hold is settled");
+                    assert_eq!(settlement.key.as_deref(), Some(format!("{key}-settle").as_str()));
+                }
+                _ => assert_eq!(write.settlement, None, "a refused hold is not settled"),
+            },
+            OperationKind::Batch => {
+                assert_eq!(write.legs.len(), 4);
+                assert!(write.legs.iter().all(|leg| leg.id.is_some()), "{write:?}");
+            }
+            _ => {}
+        }
+    }
+    ledger.stop().await;
+}
+
+#[actix_web::test]
+async fn a_keyless_open_loop_of_holds_and_batches_verifies_clean() {
+    let ledger = Ledger::start().await;
+    let plan = ledger.plan(
+        Pacing::Open {
+            rate_per_second: 200.0,
+            in_flight_max: 64,
+        },
+        200,
+        "hold=50,batch=50",
+    );
+    let (report, record) = ledger.load(plan, false).await;
+    let verification = report.verification.as_ref().expect("the run verified");
+    assert!(verification.passed(), "{}", verification.render());
+    assert!(
+        !verification
+            .checks
+            .iter()
+            .any(|check| check.summary.starts_with("skipped")),
+        "every outcome is known: {}",
+        verification.render()
+    );
+    assert!(record.writes.iter().all(|write| write.key.is_none()));
+    ledger.stop().await;
+}
+
+#[actix_web::test]
+async fn verify_fails_naming_the_posted_hold_whose_amount_was_changed() {
+    let ledger = Ledger::start().await;
+    let mut plan = ledger.plan(Pacing::Closed { concurrency: 8 }, 100, "hold=100");
+    plan.workload.hold_mix = "post=100".parse().unwrap();
+    let (report, record) = ledger.load(plan, false).await;
+    assert!(report.verification.as_ref().unwrap().passed());
+    let (write, hold, _) = settled_holds(&record)
+        .into_iter()
+        .find(|(write, _, settle)| *settle == HoldSettlement::Post && write.amount_minor < 20_00)
+        .expect("a hold posted whole");
+    ledger
+        .execute(format!(
+            "UPDATE transactions SET amount = amount + 1 WHERE id = '{hold}'"
+        ))
+        .await;
+    let verification = ledger.verify(&record).await;
+    assert!(!verification.passed());
+    let named: Vec<_> = verification
+        .findings
+        .iter()
+        .filter(|finding| finding.check == "acknowledged writes in the store")
+        .collect();
+    assert_eq!(named.len(), 1, "exactly the changed hold: {named:?}");
+    assert_eq!(named[0].transaction, Some(hold));
+    assert!(named[0].detail.contains("but stored with"), "{}", named[0].detail);
+    for finding in verification.findings.iter().filter(|finding| finding.account.is_some()) {
+        assert!(
+            finding.account == Some(write.from) || finding.account == Some(write.to),
+            "only the hold's parties are blamed: {finding:?}"
+        );
+    }
+    ledger.stop().await;
+}
+
+#[actix_web::test]
+async fn verify_fails_naming_the_batch_leg_that_was_deleted() {
+    let ledger = Ledger::start().await;
+    let plan = ledger.plan(Pacing::Closed { concurrency: 8 }, 60, "batch=100");
+    let (report, record) = ledger.load(plan, true).await;
+    assert!(report.verification.as_ref().unwrap().passed());
+    let leg = record
+        .writes
+        .iter()
+        .filter(|write| matches!(write.answer, WriteAnswer::Completed { .. }))
+        .find_map(|write| write.legs[2].id)
+        .expect("a completed batch");
+    ledger
+        .execute(format!("DELETE FROM transactions WHERE id = '{leg}'"))
+        .await;
+    let verification = ledger.verify(&record).await;
+    assert!(!verification.passed());
+    let named: Vec<_> = verification
+        .findings
+        .iter()
+        .filter(|finding| finding.check == "acknowledged writes in the store")
+        .collect();
+    assert_eq!(named.len(), 1, "exactly the batch with the deleted leg: {named:?}");
+    assert_eq!(named[0].transaction, Some(leg));
+    assert!(
+        named[0].detail.contains("leg 2 of 4 is not in the store"),
+        "{}",
+        named[0].detail
+    );
     ledger.stop().await;
 }
