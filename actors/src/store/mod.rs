@@ -229,7 +229,7 @@ impl Store {
     /// faults.
     pub fn writer(&self, url: &str) -> anyhow::Result<Store> {
         let backend = match &self.backend {
-            Backend::Postgres(_) => Backend::Postgres(postgres::PgStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?),
+            Backend::Postgres(_) => Backend::Postgres(postgres::PgStore::connect_writer(url, ACQUIRE_TIMEOUT)?),
             Backend::Sqlite(_) => Backend::Sqlite(sqlite::SqliteStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?),
         };
         Ok(Store {

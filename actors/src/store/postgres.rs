@@ -4,12 +4,14 @@
 //! update one balance row per account and insert the audit rows; as one statement it is
 //! one implicit transaction and one round trip, so a group commit costs one fsync.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, Postgres};
 use uuid::Uuid;
 
 use super::history::{Param, Statement};
@@ -49,6 +51,12 @@ type JournalRow = (Uuid, String, i64, i64, i64, i64, DateTime<Utc>);
 #[derive(Clone, Debug)]
 pub(super) struct PgStore {
     pub(super) pool: PgPool,
+    /// The persister's connection, held from one batch to the next: taking it from the
+    /// pool for every batch would cost two extra round trips (the pool pings a
+    /// connection when it is taken and again when it is given back), which is most of
+    /// a small batch's time. Dropped after a failed write, so the next attempt connects
+    /// afresh. `None` on the shared store, which only uses the pool.
+    held: Option<Arc<tokio::sync::Mutex<Option<PoolConnection<Postgres>>>>>,
 }
 
 /// The transactions columns a batch writes, in the order [`bind_records`] binds them.
@@ -288,7 +296,7 @@ impl PgStore {
             .connect(url)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, held: None })
     }
 
     pub(super) fn connect_lazy(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<Self> {
@@ -297,7 +305,16 @@ impl PgStore {
             .acquire_timeout(acquire_timeout)
             .connect_lazy(url)
             .with_context(|| format!("parsing the PostgreSQL URL {}", redact(url)))?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, held: None })
+    }
+
+    /// A store for the persister alone: one connection, held between batches.
+    pub(super) fn connect_writer(url: &str, acquire_timeout: Duration) -> anyhow::Result<Self> {
+        let store = Self::connect_lazy(url, 1, acquire_timeout)?;
+        Ok(PgStore {
+            held: Some(Arc::default()),
+            ..store
+        })
     }
 
     pub(super) async fn migrate(&self) -> anyhow::Result<()> {
@@ -379,11 +396,33 @@ impl PgStore {
         if settling {
             query = bind_records(query, &batch.settled_holds);
         }
-        query
-            .execute(&self.pool)
-            .await
-            .context("writing a batch to PostgreSQL")?;
-        Ok(())
+        let Some(held) = &self.held else {
+            query
+                .execute(&self.pool)
+                .await
+                .context("writing a batch to PostgreSQL")?;
+            return Ok(());
+        };
+        let mut slot = held.lock().await;
+        let mut connection = match slot.take() {
+            Some(connection) => connection,
+            None => self
+                .pool
+                .acquire()
+                .await
+                .context("connecting to PostgreSQL to write a batch")?,
+        };
+        match query.execute(&mut *connection).await {
+            Ok(_) => {
+                *slot = Some(connection);
+                Ok(())
+            }
+            Err(error) => {
+                // The connection may be broken, or in an unknown state: never reuse it.
+                connection.close_on_drop();
+                Err(error).context("writing a batch to PostgreSQL")
+            }
+        }
     }
 
     pub(super) async fn transaction(&self, id: Uuid) -> anyhow::Result<Option<RawTransaction>> {
