@@ -2,6 +2,12 @@
 
 use tally::cli::{self, Command};
 
+// Requests allocate and free many small buffers on every worker thread; mimalloc's
+// per-thread heaps serve them with less contention and less work than the system
+// allocator (malloc and free were about a sixth of the server's CPU in profiles).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
