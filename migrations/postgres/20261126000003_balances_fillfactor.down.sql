@@ -1,0 +1,1 @@
+ALTER TABLE balances RESET (fillfactor);
