@@ -210,5 +210,11 @@ row() { # label key
     echo '```'
     echo
     echo "Each run's report, result.json, timeline.svg and pgbench output are left in \`$OUTPUT/\`."
-} > BENCHMARKS.md
+    # The sections other scripts measured (from the first "## " heading on) stay as they are.
+    if [ -f BENCHMARKS.md ] && grep -q '^## ' BENCHMARKS.md; then
+        echo
+        sed -n '/^## /,$p' BENCHMARKS.md
+    fi
+} > BENCHMARKS.md.new
+mv BENCHMARKS.md.new BENCHMARKS.md
 cat BENCHMARKS.md
