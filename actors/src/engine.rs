@@ -641,7 +641,7 @@ impl Engine {
             tracing::error!("shutdown: operations still in flight after {SHUTDOWN_DRAIN_MAX:?}");
         }
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.persister.flush_and_stop(SHUTDOWN_DRAIN_MAX)).await;
+        resume_panic(tokio::task::spawn_blocking(move || shared.persister.flush_and_stop(SHUTDOWN_DRAIN_MAX)).await);
         self.stop_arbiters();
         tracing::info!("engine stopped; everything acknowledged is durable");
     }
@@ -651,7 +651,7 @@ impl Engine {
     pub async fn crash(&self) {
         self.shared.closing.store(true, Ordering::Release);
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.persister.abort()).await;
+        resume_panic(tokio::task::spawn_blocking(move || shared.persister.abort()).await);
         self.stop_arbiters();
     }
 
@@ -745,6 +745,15 @@ async fn coordinate(shared: Arc<Shared>, request: MoveRequest, reply: Reply<Tran
     let durable = persist(&shared, reservation, write, record.clone(), reply).await;
     if durable && let Some(owner) = owner {
         owner.finish(&record);
+    }
+}
+
+/// A panic while stopping the persister (a bug) goes on in the caller, not into the void.
+fn resume_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        std::panic::resume_unwind(error.into_panic());
     }
 }
 

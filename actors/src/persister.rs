@@ -314,7 +314,7 @@ impl Persister {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = thread.join();
+            join_writer(thread);
         }
     }
 
@@ -323,8 +323,17 @@ impl Persister {
         self.shared.abort.store(true, Ordering::Release);
         let _ = self.sender.send(Command::Flush);
         if let Some(thread) = self.thread.lock().expect("thread lock").take() {
-            let _ = thread.join();
+            join_writer(thread);
         }
+    }
+}
+
+/// Wait for the writer thread; a panic in it is a bug and is not swallowed: it goes on
+/// in the thread that stopped the persister.
+fn join_writer(thread: JoinHandle<()>) {
+    if let Err(panic) = thread.join() {
+        tracing::error!("the persister's thread panicked");
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -353,6 +362,9 @@ impl Writer {
                 return;
             }
         };
+        // Inside the runtime's context from here on, so that the store's held connection
+        // can go back to its pool when the store is dropped at the end.
+        let _context = runtime.enter();
         // The persister's own connection: it lives on this thread's runtime.
         let store = runtime.block_on(async { self.store.writer(&self.database_url) });
         let store = match store {
