@@ -14,6 +14,7 @@
 #   loadtests/cache.sh [--users N] [--hot N] [--requests N] [--concurrency N] [--skip-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+COMMAND="$0${*:+ $*}"
 
 USERS=50000
 HOT=1000
@@ -101,6 +102,6 @@ run mixed --users "$HOT" --mix history=91,transfer=9 --seed 8
     echo "Tally release build, PostgreSQL store, strict durability, Redis cache; tally-loadtest"
     echo "closed loop, $CONCURRENCY clients, $REQUESTS requests per run; cold and warm read the same"
     echo "$USERS accounts' first history page (same seed), mixed runs over $HOT accounts."
-    echo "Measured $(date -u +%Y-%m-%d) by loadtests/cache.sh${*:+ $*}."
+    echo "Measured $(date -u +%Y-%m-%d) by $COMMAND."
 } >>"$OUTPUT/report.md"
 cat "$OUTPUT/report.md"

@@ -2,14 +2,16 @@
 # Tally against plain PostgreSQL on this machine, side by side: builds Tally in release,
 # starts it on a fresh PostgreSQL database with strict durability and then relaxed, sets
 # up N users, and runs Tally's load and the pgbench baseline (loadtests/baseline/) back
-# to back for each shape (uniform over N accounts; a hot set of K), at one concurrency.
-# Writes one markdown table, the machine and the command into BENCHMARKS.md.
+# to back for each shape (uniform over N accounts; a hot set of K), at one concurrency;
+# then, strict and uniform, an open-loop run at half the closed-loop peak (p99 corrected
+# for coordinated omission) and the same closed-loop run on the embedded SQLite store.
+# Writes the table, the targets, the machine and the command into BENCHMARKS.md.
 #
 #   loadtests/compare.sh [--users 100000] [--hot 10] [--concurrency 64] [--duration 15]
 #                        [--database-url postgres://postgres@127.0.0.1:5432/postgres]
 #                        [--port 18480] [--output target/compare] [--skip-build]
 #
-# The default run takes about 5 minutes after the build (add about 6 minutes for a
+# The default run takes about 8 minutes after the build (add about 6 minutes for a
 # clean release build on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,14 +70,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_tally() { # durability
-    TALLY_DURABILITY="$1" HOST=127.0.0.1 PORT="$PORT" DATABASE_URL="$(database_url "$TALLY_DB")" \
+start_tally() { # durability [database URL]
+    TALLY_DURABILITY="$1" HOST=127.0.0.1 PORT="$PORT" DATABASE_URL="${2:-$(database_url "$TALLY_DB")}" \
         JWT_SECRET="compare-secret-compare-secret-0123456789" \
         TALLY_ADMIN_USERNAME=admin TALLY_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         TALLY_RATE_LIMIT_IP_PER_SECOND=1000000 TALLY_RATE_LIMIT_IP_BURST=1000000 \
         TALLY_RATE_LIMIT_USER_PER_SECOND=1000000 TALLY_RATE_LIMIT_USER_BURST=1000000 \
         TALLY_RATE_LIMIT_LOGIN_PER_MINUTE=1000000 TALLY_RATE_LIMIT_LOGIN_BURST=1000000 \
-        LOG_FORMAT=json RUST_LOG=warn "$TALLY" >"$OUTPUT/tally-$1.log" 2>&1 &
+        LOG_FORMAT=json RUST_LOG=warn "$TALLY" >"$OUTPUT/tally-$1${2:+-sqlite}.log" 2>&1 &
     TALLY_PID=$!
     for _ in $(seq 1 600); do
         curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0
@@ -137,8 +139,33 @@ for durability in strict relaxed; do
         THROUGHPUT["$durability-$shape"]=$tps
         P99["$durability-$shape"]=$p99
     done
+    if [ "$durability" = strict ]; then
+        OPEN_RATE=$(( ${THROUGHPUT[strict-uniform]%.*} / 2 ))
+        log "Tally strict, uniform, open loop at $OPEN_RATE requests/s (half the closed-loop peak) for ${DURATION}s"
+        "$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
+            --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
+            --shape uniform --rate "$OPEN_RATE" --duration "${DURATION}s" \
+            --output "$OUTPUT/tally-strict-open" --quiet --idle-timeout 120s
+        read -r OPEN_TPS OPEN_P99 _ < <(tally_figures "$OUTPUT/tally-strict-open")
+    fi
     stop_tally
 done
+
+SQLITE_FILE="$OUTPUT/tally-compare-$STAMP.db"
+SQLITE_URL="sqlite:$SQLITE_FILE"
+log "Tally strict on the embedded SQLite store ($SQLITE_FILE), uniform"
+rm -f "$SQLITE_FILE"*
+start_tally strict "$SQLITE_URL"
+"$LOADTEST" setup --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
+    --database-url "$SQLITE_URL" --users "$USERS" --prefix cmp \
+    --initial-balance 1000.00 --request-timeout 60s | grep -v ' accounts checked$'
+"$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
+    --database-url "$SQLITE_URL" --users "$USERS" --prefix cmp \
+    --shape uniform --concurrency "$CONCURRENCY" --duration "${DURATION}s" \
+    --output "$OUTPUT/tally-sqlite-uniform" --quiet --idle-timeout 120s
+read -r SQLITE_TPS SQLITE_P99 _ < <(tally_figures "$OUTPUT/tally-sqlite-uniform")
+stop_tally
+rm -f "$SQLITE_FILE"*
 
 log "plain PostgreSQL: fresh database $BASELINE_DB"
 psql -q "$SERVER_URL" -c "CREATE DATABASE $BASELINE_DB"
@@ -184,6 +211,17 @@ row() { # label key
     row "Tally, strict durability (HTTP, JSON, JWT; acknowledged once committed)" strict
     row "Tally, relaxed durability (acknowledged once applied in memory)" relaxed
     row "plain PostgreSQL (pgbench -M prepared, one SQL transaction per transfer)" postgres
+    echo
+    ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}')"; }
+    echo "Against the targets (strict durability, PostgreSQL store, from the rows above):"
+    echo
+    echo "| target | measured |"
+    echo "|---|---|"
+    echo "| uniform: Tally ≥ 5× plain PostgreSQL | $(ratio "${THROUGHPUT[strict-uniform]}" "${THROUGHPUT[postgres-uniform]}")× |"
+    echo "| hot set: Tally ≥ 10× plain PostgreSQL | $(ratio "${THROUGHPUT[strict-hot]}" "${THROUGHPUT[postgres-hot]}")× |"
+    echo "| hot set ≥ 0.9 × uniform | $(ratio "${THROUGHPUT[strict-hot]}" "${THROUGHPUT[strict-uniform]}")× |"
+    echo "| open loop at half the uniform peak ($OPEN_RATE requests/s): p99 ≤ 20 ms, corrected for coordinated omission | p99 $OPEN_P99 ms ($OPEN_TPS answered/s) |"
+    echo "| embedded SQLite store ≥ 50 % of the PostgreSQL figure (uniform, strict) | $SQLITE_TPS transfers/s, p99 $SQLITE_P99 ms: $(python3 -c "print(f'{100 * $SQLITE_TPS / max(${THROUGHPUT[strict-uniform]}, 1):.0f}')") % |"
     echo
     echo "* Tally's figures are whole HTTP requests from \`tally-loadtest run\` (release build) over"
     echo "  the loopback: login-issued JWT on every request, JSON in and out, idempotency keys off;"
