@@ -11,6 +11,7 @@
 //! administrative audit rows directly, and reads an account's past back: its history
 //! ([`HistoryQuery`]), its journal and its balance at a time ([`JournalEntry`]).
 
+mod held;
 mod history;
 mod postgres;
 mod sqlite;
@@ -230,7 +231,7 @@ impl Store {
     pub fn writer(&self, url: &str) -> anyhow::Result<Store> {
         let backend = match &self.backend {
             Backend::Postgres(_) => Backend::Postgres(postgres::PgStore::connect_writer(url, ACQUIRE_TIMEOUT)?),
-            Backend::Sqlite(_) => Backend::Sqlite(sqlite::SqliteStore::connect_lazy(url, 1, ACQUIRE_TIMEOUT)?),
+            Backend::Sqlite(_) => Backend::Sqlite(sqlite::SqliteStore::connect_writer(url, ACQUIRE_TIMEOUT)?),
         };
         Ok(Store {
             backend,

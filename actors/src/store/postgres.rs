@@ -4,16 +4,15 @@
 //! update one balance row per account and insert the audit rows; as one statement it is
 //! one implicit transaction and one round trip, so a group commit costs one fsync.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, Postgres};
 use uuid::Uuid;
 
+use super::held::HeldConnection;
 use super::history::{Param, Statement};
 use super::{
     AccountRow, Batch, NewUser, RawAccount, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
@@ -51,12 +50,8 @@ type JournalRow = (Uuid, String, i64, i64, i64, i64, DateTime<Utc>);
 #[derive(Clone, Debug)]
 pub(super) struct PgStore {
     pub(super) pool: PgPool,
-    /// The persister's connection, held from one batch to the next: taking it from the
-    /// pool for every batch would cost two extra round trips (the pool pings a
-    /// connection when it is taken and again when it is given back), which is most of
-    /// a small batch's time. Dropped after a failed write, so the next attempt connects
-    /// afresh. `None` on the shared store, which only uses the pool.
-    held: Option<Arc<tokio::sync::Mutex<Option<PoolConnection<Postgres>>>>>,
+    /// The persister's connection (see [`HeldConnection`]); `None` on the shared store.
+    held: Option<HeldConnection<Postgres>>,
 }
 
 /// The transactions columns a batch writes, in the order [`bind_records`] binds them.
@@ -312,7 +307,7 @@ impl PgStore {
     pub(super) fn connect_writer(url: &str, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let store = Self::connect_lazy(url, 1, acquire_timeout)?;
         Ok(PgStore {
-            held: Some(Arc::default()),
+            held: Some(HeldConnection::default()),
             ..store
         })
     }
@@ -403,26 +398,16 @@ impl PgStore {
                 .context("writing a batch to PostgreSQL")?;
             return Ok(());
         };
-        let mut slot = held.lock().await;
-        let mut connection = match slot.take() {
-            Some(connection) => connection,
-            None => self
-                .pool
-                .acquire()
-                .await
-                .context("connecting to PostgreSQL to write a batch")?,
-        };
-        match query.execute(&mut *connection).await {
-            Ok(_) => {
-                *slot = Some(connection);
-                Ok(())
-            }
-            Err(error) => {
-                // The connection may be broken, or in an unknown state: never reuse it.
-                connection.close_on_drop();
-                Err(error).context("writing a batch to PostgreSQL")
-            }
-        }
+        let mut lease = held
+            .lease(&self.pool)
+            .await
+            .context("connecting to PostgreSQL to write a batch")?;
+        query
+            .execute(lease.connection())
+            .await
+            .context("writing a batch to PostgreSQL")?;
+        lease.keep();
+        Ok(())
     }
 
     pub(super) async fn transaction(&self, id: Uuid) -> anyhow::Result<Option<RawTransaction>> {

@@ -12,10 +12,11 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use uuid::Uuid;
 
+use super::held::HeldConnection;
 use super::history::{Param, Statement};
 use super::{
     AccountRow, Batch, NewUser, RawAccount, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
@@ -34,6 +35,8 @@ type JournalRow = (String, String, i64, i64, i64, i64, i64);
 #[derive(Clone, Debug)]
 pub(super) struct SqliteStore {
     pub(super) pool: SqlitePool,
+    /// The persister's connection (see [`HeldConnection`]); `None` on the shared store.
+    held: Option<HeldConnection<Sqlite>>,
 }
 
 const INSERT_TRANSACTIONS: &str = "
@@ -116,7 +119,16 @@ impl SqliteStore {
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, held: None })
+    }
+
+    /// A store for the persister alone: one connection, held between batches.
+    pub(super) fn connect_writer(url: &str, acquire_timeout: Duration) -> anyhow::Result<Self> {
+        let store = Self::connect_lazy(url, 1, acquire_timeout)?;
+        Ok(SqliteStore {
+            held: Some(HeldConnection::default()),
+            ..store
+        })
     }
 
     pub(super) async fn migrate(&self) -> anyhow::Result<()> {
@@ -218,7 +230,14 @@ impl SqliteStore {
                 ])
             })
             .collect();
-        let mut transaction = self.pool.begin().await?;
+        let mut lease = match &self.held {
+            Some(held) => Some(held.lease(&self.pool).await?),
+            None => None,
+        };
+        let mut transaction = match &mut lease {
+            Some(lease) => sqlx::Connection::begin(lease.connection()).await?,
+            None => self.pool.begin().await?,
+        };
         if !transactions.is_empty() {
             sqlx::query(INSERT_TRANSACTIONS)
                 .bind(serde_json::Value::Array(transactions).to_string())
@@ -241,6 +260,9 @@ impl SqliteStore {
                 .context("inserting audit rows")?;
         }
         transaction.commit().await.context("committing a batch to SQLite")?;
+        if let Some(lease) = lease {
+            lease.keep();
+        }
         Ok(())
     }
 
