@@ -47,7 +47,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_tally() { # log name; prints seconds from start to ready
+start_tally() { # log name; sets READY_SECONDS, from the start of the process to ready
     local started
     started=$(date +%s.%N)
     HOST=127.0.0.1 PORT="$PORT" DATABASE_URL="$DB_URL" \
@@ -55,20 +55,21 @@ start_tally() { # log name; prints seconds from start to ready
         TALLY_ADMIN_USERNAME=admin TALLY_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         TALLY_RATE_LIMIT_IP_PER_SECOND=1000000 TALLY_RATE_LIMIT_IP_BURST=1000000 \
         TALLY_RATE_LIMIT_USER_PER_SECOND=1000000 TALLY_RATE_LIMIT_USER_BURST=1000000 \
-        LOG_FORMAT=json RUST_LOG=info "$TARGET/release/tally" >"$OUTPUT/$1.log" 2>&1 &
+        LOG_FORMAT=json RUST_LOG=warn "$TARGET/release/tally" >"$OUTPUT/$1.log" 2>&1 &
     TALLY_PID=$!
     until curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; do
         kill -0 "$TALLY_PID" 2>/dev/null || { tail -20 "$OUTPUT/$1.log" >&2; exit 1; }
         sleep 0.01
     done
-    python3 -c "import time; print(f'{time.time() - $started:.2f}')"
+    READY_SECONDS=$(python3 -c "import time; print(f'{time.time() - $started:.2f}')")
 }
 metric() { curl -fs "http://127.0.0.1:$PORT/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
 
 [ "$BUILD" = 1 ] && cargo build --release -p tally -p tally-loadtest
 mkdir -p "$OUTPUT"
 psql -q "$SERVER_URL" -c "CREATE DATABASE $DB"
-first_ready=$(start_tally first)
+start_tally first
+first_ready=$READY_SECONDS
 "$TARGET/release/tally-loadtest" setup --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
     --database-url "$DB_URL" --prefix scale --users "$ACCOUNTS" --initial-balance 0.00 \
     --setup-concurrency 64 | grep -v ' accounts checked$'
@@ -76,7 +77,8 @@ active=$(metric tally_actors_active)
 rss_kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$TALLY_PID/status")
 stop_tally
 rows=$(psql -tA "$DB_URL" -c "SELECT count(*) FROM balances")
-restart_ready=$(start_tally restart)
+start_tally restart
+restart_ready=$READY_SECONDS
 stop_tally
 {
     echo "| accounts in the store | actors active | resident memory | ready after a restart |"
