@@ -290,7 +290,17 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         if let Some(cause) = &self.cause {
-            tracing::error!(error = format!("{cause:#}"), "internal error");
+            // A dependency that is down is answered 503 and retried by clients: worth a
+            // warning, not the error an operator is paged for.
+            if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(
+                    error = format!("{cause:#}"),
+                    code = self.code.as_str(),
+                    "unavailable; answered 503"
+                );
+            } else {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+            }
         }
         let request_id = self.request_id.clone().or_else(RequestId::current);
         let mut response = HttpResponse::build(self.status_code());

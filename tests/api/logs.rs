@@ -1,8 +1,9 @@
 //! Logs: JSON lines, each line of a request carrying its request id, and never a
-//! password, a token or the signing secret.
+//! password, a token or the signing secret; a dependency that is down logged as a
+//! warning, not as an internal error.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -13,43 +14,93 @@ use crate::helpers::{Backend, TestDb};
 const PASSWORD: &str = "s3cret-horse-battery";
 const SECRET: &str = "log-test-signing-secret-log-test-signing";
 
+/// The `tally` binary as a child process logging JSON at `rust_log`, its stdout lines
+/// collected (those before it served included).
+struct LoggedServer {
+    child: Child,
+    received: mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+    captured: Vec<String>,
+    base: String,
+}
+
+impl LoggedServer {
+    fn start(database_url: &str, rust_log: &str) -> LoggedServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("DATABASE_URL", database_url)
+            .env("JWT_SECRET", SECRET)
+            .env("TALLY_ADMIN_USERNAME", "root")
+            .env("TALLY_ADMIN_PASSWORD", PASSWORD)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let (lines, received) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let mut captured = Vec::new();
+        let port = loop {
+            let line = received
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the server logs that it serves");
+            captured.push(line.clone());
+            let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if parsed["message"] == "Tally is serving" {
+                break parsed["port"].as_u64().unwrap();
+            }
+        };
+        LoggedServer {
+            child,
+            received,
+            reader,
+            captured,
+            base: format!("http://127.0.0.1:{port}/api/v1"),
+        }
+    }
+
+    /// The admin's login answer (access and refresh tokens).
+    async fn admin_login(&self, client: &reqwest::Client) -> Value {
+        client
+            .post(format!("{}/auth/login", self.base))
+            .json(&json!({ "username": "root", "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Stop gracefully; whether it exited 0, every stdout line, and stderr.
+    fn stop(mut self) -> (bool, Vec<String>, String) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let exit = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        self.captured.extend(self.received.try_iter());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (exit.success(), self.captured, stderr)
+    }
+}
+
 #[actix_web::test]
 async fn logs_are_json_with_request_ids_and_no_secrets() {
     let db = TestDb::create(Backend::Sqlite).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("DATABASE_URL", &db.url)
-        .env("JWT_SECRET", SECRET)
-        .env("TALLY_ADMIN_USERNAME", "root")
-        .env("TALLY_ADMIN_PASSWORD", PASSWORD)
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let (lines, received) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let mut captured = Vec::new();
-    let port = loop {
-        let line = received
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs that it serves");
-        captured.push(line.clone());
-        let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if parsed["message"] == "Tally is serving" {
-            break parsed["port"].as_u64().unwrap();
-        }
-    };
-    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let server = LoggedServer::start(&db.url, "debug");
+    let base = server.base.clone();
     let client = reqwest::Client::new();
     let registered: Value = client
         .post(format!("{base}/auth/register"))
@@ -61,15 +112,7 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
         .json()
         .await
         .unwrap();
-    let login: Value = client
-        .post(format!("{base}/auth/login"))
-        .json(&json!({ "username": "root", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = server.admin_login(&client).await;
     let access = login["access_token"].as_str().unwrap().to_string();
     let refresh = login["refresh_token"].as_str().unwrap().to_string();
     let failed = client
@@ -89,13 +132,8 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
         .unwrap();
     assert_eq!(credited.status(), 201);
 
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "a graceful stop exits 0");
-    reader.join().unwrap();
-    captured.extend(received.try_iter());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (exited_cleanly, captured, stderr) = server.stop();
+    assert!(exited_cleanly, "a graceful stop exits 0");
 
     let mut request_lines = 0;
     for line in &captured {
@@ -124,4 +162,76 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
     ] {
         assert!(!everything.contains(secret), "the {what} appears in the logs");
     }
+}
+
+/// A store that is down is answered 503 and logged as a warning, never as the "internal
+/// error" an operator is paged for.
+#[actix_web::test]
+async fn a_store_outage_is_logged_as_a_warning_not_an_internal_error() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let server = LoggedServer::start(&db.url, "info");
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    let access = server.admin_login(&client).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The database goes away: its connections are cut and new ones refused.
+    let admin = tally_actors::testing::admin_url();
+    let outage = |allow: bool| {
+        let (admin, name) = (admin.clone(), name.clone());
+        async move {
+            use sqlx::{Connection, Executor};
+            let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap();
+            connection
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}"
+                )))
+                .await
+                .unwrap();
+            if !allow {
+                connection
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                    )))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    outage(false).await;
+    let reply = client
+        .get(format!("{base}/transactions/{}", uuid::Uuid::now_v7()))
+        .bearer_auth(&access)
+        .header("x-request-id", "log-test-outage")
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status().as_u16();
+    let body: Value = reply.json().await.unwrap();
+    outage(true).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable", "{body}");
+
+    let (_, lines, _) = server.stop();
+    let captured: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let of_the_request: Vec<&Value> = captured
+        .iter()
+        .filter(|line| line["span"]["request_id"] == "log-test-outage")
+        .collect();
+    assert!(
+        of_the_request
+            .iter()
+            .any(|line| line["level"] == "WARN" && line["message"] == "unavailable; answered 503"),
+        "the outage is logged as a warning: {of_the_request:?}"
+    );
+    assert!(
+        !captured.iter().any(|line| line["message"] == "internal error"),
+        "an outage is not an internal error: {of_the_request:?}"
+    );
 }
