@@ -133,7 +133,7 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
     assert_eq!(credited.status(), 201);
 
     let (exited_cleanly, captured, stderr) = server.stop();
-    assert!(exited_cleanly, "a graceful stop exits 0");
+    assert!(exited_cleanly, "a graceful stop exits 0; stderr: {stderr}");
 
     let mut request_lines = 0;
     for line in &captured {
