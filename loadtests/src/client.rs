@@ -75,22 +75,14 @@ impl Answer {
         self.code.clone().unwrap_or_else(|| format!("http_{}", self.status))
     }
 
-    /// The transaction in the answer: the body of a 2xx (201 for a movement, 200 for a
-    /// hold's settlement), or the `transaction` of a 422.
-    fn transaction(&self) -> Option<&Value> {
+    /// What the answer recorded: the body of a 2xx (201 for a movement or a batch, 200
+    /// for a hold's settlement), or the problem's `extension` member (`transaction` or
+    /// `batch`) of a 422.
+    fn record(&self, extension: &str) -> Option<&Value> {
         if (200..=299).contains(&self.status) {
             Some(&self.body)
         } else {
-            self.body.get("transaction").filter(|value| value.is_object())
-        }
-    }
-
-    /// The batch in the answer: the body of a 201, or the `batch` of a 422.
-    fn batch(&self) -> Option<&Value> {
-        if (200..=299).contains(&self.status) {
-            Some(&self.body)
-        } else {
-            self.body.get("batch").filter(|value| value.is_object())
+            self.body.get(extension).filter(|value| value.is_object())
         }
     }
 
@@ -563,9 +555,19 @@ impl HttpExecutor {
 
 /// How a write's answer is filed in the log.
 fn write_answer(answer: &Answer) -> WriteAnswer {
-    let id = answer
-        .transaction()
-        .and_then(|transaction| transaction.get("id"))
+    filed_answer(answer, "transaction", "id")
+}
+
+/// How a batch's answer is filed in the log: the batch id stands for the batch.
+fn batch_answer(answer: &Answer) -> WriteAnswer {
+    filed_answer(answer, "batch", "batch_id")
+}
+
+/// File `answer` by its record (see [`Answer::record`]) and that record's id.
+fn filed_answer(answer: &Answer, extension: &str, id_field: &str) -> WriteAnswer {
+    let record = answer.record(extension);
+    let id = record
+        .and_then(|record| record.get(id_field))
         .and_then(Value::as_str)
         .and_then(|id| Uuid::parse_str(id).ok());
     match (answer.status, id) {
@@ -575,9 +577,8 @@ fn write_answer(answer: &Answer) -> WriteAnswer {
         },
         (422, Some(id)) => WriteAnswer::Refused {
             id,
-            status: answer
-                .transaction()
-                .and_then(|transaction| transaction["status"].as_str())
+            status: record
+                .and_then(|record| record["status"].as_str())
                 .unwrap_or("?")
                 .to_string(),
             code: answer.code_or_status(),
@@ -593,40 +594,10 @@ fn write_answer(answer: &Answer) -> WriteAnswer {
     }
 }
 
-/// How a batch's answer is filed in the log: the batch id stands for the batch.
-fn batch_answer(answer: &Answer) -> WriteAnswer {
-    let id = answer
-        .batch()
-        .and_then(|batch| batch.get("batch_id"))
-        .and_then(Value::as_str)
-        .and_then(|id| Uuid::parse_str(id).ok());
-    match (answer.status, id) {
-        (200..=299, Some(id)) => WriteAnswer::Completed {
-            id,
-            replayed: answer.replayed,
-        },
-        (422, Some(id)) => WriteAnswer::Refused {
-            id,
-            status: answer
-                .batch()
-                .and_then(|batch| batch["status"].as_str())
-                .unwrap_or("?")
-                .to_string(),
-            code: answer.code_or_status(),
-        },
-        (400..=499, _) => WriteAnswer::NotApplied {
-            code: answer.code_or_status(),
-        },
-        _ => WriteAnswer::Unknown {
-            last_error: answer.code_or_status(),
-        },
-    }
-}
-
 /// The ids a batch answer gave its legs, in leg order.
 fn batch_leg_ids(answer: &Answer) -> Vec<Option<Uuid>> {
     answer
-        .batch()
+        .record("batch")
         .and_then(|batch| batch["legs"].as_array())
         .map(|legs| {
             legs.iter()
