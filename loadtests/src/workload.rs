@@ -254,15 +254,8 @@ impl FromStr for Mix {
             transfer_percent: 0,
             ..Mix::default()
         };
-        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
-            let (name, value) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?} is not name=percent"))?;
-            let percent: u32 = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("{value:?} is not a whole percentage"))?;
-            let slot = match name.trim() {
+        for (name, percent) in percentages(text)? {
+            let slot = match name {
                 "transfer" => &mut mix.transfer_percent,
                 "credit" => &mut mix.credit_percent,
                 "debit" => &mut mix.debit_percent,
@@ -278,10 +271,7 @@ impl FromStr for Mix {
             };
             *slot = percent;
         }
-        let total: u32 = mix.weights().iter().map(|(_, percent)| percent).sum();
-        if total != 100 {
-            return Err(format!("the percentages add up to {total}, not 100"));
-        }
+        adds_up(mix.weights().iter().map(|(_, percent)| percent).sum())?;
         Ok(mix)
     }
 }
@@ -317,15 +307,8 @@ impl FromStr for HoldMix {
             partial_percent: 0,
             void_percent: 0,
         };
-        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
-            let (name, value) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?} is not name=percent"))?;
-            let percent: u32 = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("{value:?} is not a whole percentage"))?;
-            let slot = match name.trim() {
+        for (name, percent) in percentages(text)? {
+            let slot = match name {
                 "post" => &mut mix.post_percent,
                 "partial" => &mut mix.partial_percent,
                 "void" => &mut mix.void_percent,
@@ -333,11 +316,34 @@ impl FromStr for HoldMix {
             };
             *slot = percent;
         }
-        let total = mix.post_percent + mix.partial_percent + mix.void_percent;
-        if total != 100 {
-            return Err(format!("the percentages add up to {total}, not 100"));
-        }
+        adds_up(mix.post_percent + mix.partial_percent + mix.void_percent)?;
         Ok(mix)
+    }
+}
+
+/// The `name=percent` pairs of a comma-separated list such as `post=60,void=40`.
+fn percentages(text: &str) -> Result<Vec<(&str, u32)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not name=percent"))?;
+            let percent = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{value:?} is not a whole percentage"))?;
+            Ok((name.trim(), percent))
+        })
+        .collect()
+}
+
+fn adds_up(total: u32) -> Result<(), String> {
+    if total == 100 {
+        Ok(())
+    } else {
+        Err(format!("the percentages add up to {total}, not 100"))
     }
 }
 
