@@ -17,7 +17,7 @@ use tally_loadtest::report::Report;
 use tally_loadtest::runner::{Pacing, RunPlan, Stop};
 use tally_loadtest::session::{LoadSession, SessionOptions};
 use tally_loadtest::setup::{self, SetupPlan};
-use tally_loadtest::verify::{self, RunRecord, Verification, VerifyInputs};
+use tally_loadtest::verify::{self, Finding, RunRecord, Verification, VerifyInputs};
 use tally_loadtest::workload::{HoldMix, HoldSettlement, Mix, OperationKind, Shape, WorkloadConfig};
 
 const ADMIN_USERNAME: &str = "admin";
@@ -326,11 +326,7 @@ async fn verify_fails_naming_the_acknowledged_transaction_that_was_deleted() {
         .await;
     let verification = ledger.verify(&record).await;
     assert!(!verification.passed());
-    let missing: Vec<_> = verification
-        .findings
-        .iter()
-        .filter(|finding| finding.check == "acknowledged writes in the store")
-        .collect();
+    let missing: Vec<_> = findings_of(&verification, "acknowledged writes in the store");
     assert_eq!(missing.len(), 1, "exactly the deleted transaction: {missing:?}");
     assert_eq!(missing[0].transaction, Some(deleted));
     assert!(
@@ -339,11 +335,7 @@ async fn verify_fails_naming_the_acknowledged_transaction_that_was_deleted() {
         missing[0].detail
     );
     // The store's own checks see the journal of both parties break, and only theirs.
-    let store_findings: Vec<_> = verification
-        .findings
-        .iter()
-        .filter(|finding| finding.check == "store invariants")
-        .collect();
+    let store_findings: Vec<_> = findings_of(&verification, "store invariants");
     assert!(!store_findings.is_empty());
     for finding in store_findings {
         assert!(
@@ -555,11 +547,7 @@ async fn verify_fails_naming_the_posted_hold_whose_amount_was_changed() {
         .await;
     let verification = ledger.verify(&record).await;
     assert!(!verification.passed());
-    let named: Vec<_> = verification
-        .findings
-        .iter()
-        .filter(|finding| finding.check == "acknowledged writes in the store")
-        .collect();
+    let named: Vec<_> = findings_of(&verification, "acknowledged writes in the store");
     assert_eq!(named.len(), 1, "exactly the changed hold: {named:?}");
     assert_eq!(named[0].transaction, Some(hold));
     assert!(named[0].detail.contains("but stored with"), "{}", named[0].detail);
@@ -589,11 +577,7 @@ async fn verify_fails_naming_the_batch_leg_that_was_deleted() {
         .await;
     let verification = ledger.verify(&record).await;
     assert!(!verification.passed());
-    let named: Vec<_> = verification
-        .findings
-        .iter()
-        .filter(|finding| finding.check == "acknowledged writes in the store")
-        .collect();
+    let named: Vec<_> = findings_of(&verification, "acknowledged writes in the store");
     assert_eq!(named.len(), 1, "exactly the batch with the deleted leg: {named:?}");
     assert_eq!(named[0].transaction, Some(leg));
     assert!(
@@ -602,4 +586,13 @@ async fn verify_fails_naming_the_batch_leg_that_was_deleted() {
         named[0].detail
     );
     ledger.stop().await;
+}
+
+/// The findings of one check.
+fn findings_of<'a>(verification: &'a Verification, check: &str) -> Vec<&'a Finding> {
+    verification
+        .findings
+        .iter()
+        .filter(|finding| finding.check == check)
+        .collect()
 }
