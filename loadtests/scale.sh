@@ -4,7 +4,8 @@
 #      every one of their account actors (tally-loadtest setup reads each balance;
 #      --initial-balance 0.00 moves no money);
 #   2. reads Tally's resident memory with every actor active (VmRSS, and
-#      tally_actors_active to show they are);
+#      tally_actors_active to show they are; passivation is set to a day so that none
+#      is passivated while the setup runs);
 #   3. stops Tally gracefully and starts it again on that store, timing from the start
 #      of the process to the first 200 of /readyz (actors activate lazily, so this does
 #      not grow with the number of accounts).
@@ -51,7 +52,7 @@ start_tally() { # log name; sets READY_SECONDS, from the start of the process to
     local started
     started=$(date +%s.%N)
     HOST=127.0.0.1 PORT="$PORT" DATABASE_URL="$DB_URL" \
-        JWT_SECRET="scale-secret-scale-secret-0123456789ab" \
+        JWT_SECRET="scale-secret-scale-secret-0123456789ab" TALLY_PASSIVATION_IDLE_SECONDS=86400 \
         TALLY_ADMIN_USERNAME=admin TALLY_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         TALLY_RATE_LIMIT_IP_PER_SECOND=1000000 TALLY_RATE_LIMIT_IP_BURST=1000000 \
         TALLY_RATE_LIMIT_USER_PER_SECOND=1000000 TALLY_RATE_LIMIT_USER_BURST=1000000 \

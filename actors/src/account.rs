@@ -207,23 +207,37 @@ pub struct AccountEffect {
 }
 
 /// The in-memory state of one account, owned by exactly one account actor.
+///
+/// What every account uses is held inline; rules, holds and batch reservations, which
+/// most accounts never have, live in a box that exists only while one of them differs
+/// from its default. A million plain accounts stay small (the actor's whole task fits
+/// a smaller allocation), and nothing about the logic depends on where a field lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountState {
     pub id: AccountId,
     pub balance: i64,
-    /// The sum of the open holds: not available for debits.
-    pub held: i64,
     pub status: AccountStatus,
     pub version: u64,
-    pub rules: AccountRules,
     pub usage: DailyUsage,
-    /// Open holds placed on this account (as source), by transaction id.
-    pub holds: BTreeMap<Uuid, TransactionRecord>,
-    /// Reserved by atomic batches in flight to leave this account.
-    pub reserved: i64,
-    /// Reserved by atomic batches in flight to arrive in this account.
-    pub incoming: i64,
+    /// `None`: every field of [`AccountExtras`] at its default.
+    extras: Option<Box<AccountExtras>>,
 }
+
+/// The parts of an account's state most accounts leave at their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct AccountExtras {
+    /// The sum of the open holds: not available for debits.
+    held: i64,
+    rules: AccountRules,
+    /// Open holds placed on this account (as source), by transaction id.
+    holds: BTreeMap<Uuid, TransactionRecord>,
+    /// Reserved by atomic batches in flight to leave this account.
+    reserved: i64,
+    /// Reserved by atomic batches in flight to arrive in this account.
+    incoming: i64,
+}
+
+static NO_HOLDS: BTreeMap<Uuid, TransactionRecord> = BTreeMap::new();
 
 impl AccountState {
     /// A new account: empty, active, version 0, no rules.
@@ -231,21 +245,71 @@ impl AccountState {
         AccountState {
             id,
             balance: 0,
-            held: 0,
             status: AccountStatus::Active,
             version: 0,
-            rules: AccountRules::default(),
             usage: DailyUsage::default(),
-            holds: BTreeMap::new(),
-            reserved: 0,
-            incoming: 0,
+            extras: None,
+        }
+    }
+
+    /// The account with these rules and open holds (`held` is their sum).
+    pub fn with_rules_and_holds(
+        mut self,
+        rules: AccountRules,
+        held: i64,
+        holds: BTreeMap<Uuid, TransactionRecord>,
+    ) -> Self {
+        let extras = self.extras_mut();
+        extras.rules = rules;
+        extras.held = held;
+        extras.holds = holds;
+        self.tidy();
+        self
+    }
+
+    /// The sum of the open holds: not available for debits.
+    pub fn held(&self) -> i64 {
+        self.extras.as_ref().map_or(0, |extras| extras.held)
+    }
+
+    pub fn rules(&self) -> AccountRules {
+        self.extras.as_ref().map(|extras| extras.rules).unwrap_or_default()
+    }
+
+    /// Open holds placed on this account (as source), by transaction id.
+    pub fn holds(&self) -> &BTreeMap<Uuid, TransactionRecord> {
+        self.extras.as_ref().map_or(&NO_HOLDS, |extras| &extras.holds)
+    }
+
+    /// Reserved by atomic batches in flight to leave this account.
+    pub fn reserved(&self) -> i64 {
+        self.extras.as_ref().map_or(0, |extras| extras.reserved)
+    }
+
+    /// Reserved by atomic batches in flight to arrive in this account.
+    pub fn incoming(&self) -> i64 {
+        self.extras.as_ref().map_or(0, |extras| extras.incoming)
+    }
+
+    fn extras_mut(&mut self) -> &mut AccountExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Drop the extras once they are all back at their defaults.
+    fn tidy(&mut self) {
+        if self
+            .extras
+            .as_deref()
+            .is_some_and(|extras| *extras == AccountExtras::default())
+        {
+            self.extras = None;
         }
     }
 
     /// Money that a debit may take now: the balance less holds and reservations, plus
     /// the overdraft limit.
     pub fn available(&self) -> i64 {
-        self.balance - self.held - self.reserved + self.rules.overdraft_limit
+        self.balance - self.held() - self.reserved() + self.rules().overdraft_limit
     }
 
     /// The day's debits so far, as of `at`.
@@ -279,13 +343,13 @@ impl AccountState {
             return Err(refusal);
         }
         if self.available() < amount.minor() {
-            return Err(if self.rules.overdraft_limit > 0 {
+            return Err(if self.rules().overdraft_limit > 0 {
                 Refusal::OverOverdraftLimit
             } else {
                 Refusal::InsufficientFunds
             });
         }
-        if let Some(cap) = self.rules.daily_debit_cap
+        if let Some(cap) = self.rules().daily_debit_cap
             && self.debited_on(at) + amount.minor() > cap
         {
             return Err(Refusal::OverDailyCap);
@@ -305,8 +369,8 @@ impl AccountState {
             .checked_add(amount.minor())
             .ok_or(Refusal::BalanceOverflow)?;
         if !self.id.is_external()
-            && let Some(max) = self.rules.max_balance
-            && balance + self.incoming > max
+            && let Some(max) = self.rules().max_balance
+            && balance + self.incoming() > max
         {
             return Err(Refusal::OverMaxBalance);
         }
@@ -352,9 +416,10 @@ impl AccountState {
         self.check_debit(record.amount, at)?;
         // The hold sits in the account's history at the version that reserves it.
         record.refused_version = Some(self.version + 1);
-        self.held += record.amount.minor();
         self.count_debit(record.amount.minor(), at);
-        self.holds.insert(record.id, record);
+        let extras = self.extras_mut();
+        extras.held += record.amount.minor();
+        extras.holds.insert(record.id, record);
         let balance = self.balance;
         Ok(self.commit(balance, at))
     }
@@ -367,7 +432,7 @@ impl AccountState {
         amount: Option<Amount>,
         at: DateTime<Utc>,
     ) -> Result<(AccountEffect, TransactionRecord), HoldRefusal> {
-        let hold = self.holds.get(&id).ok_or(HoldRefusal::NotOpen)?;
+        let hold = self.holds().get(&id).ok_or(HoldRefusal::NotOpen)?;
         let held = hold.amount;
         let captured = amount.unwrap_or(held);
         if captured > held {
@@ -376,8 +441,9 @@ impl AccountState {
         if let Some(refusal) = Refusal::for_status(self.status) {
             return Err(HoldRefusal::Refused(refusal));
         }
-        let hold = self.holds.remove(&id).expect("checked above");
-        self.held -= held.minor();
+        let extras = self.extras_mut();
+        let hold = extras.holds.remove(&id).expect("checked above");
+        extras.held -= held.minor();
         self.uncount_debit(held.minor() - captured.minor(), hold.created_at, at);
         let balance = self.balance - captured.minor();
         Ok((self.commit(balance, at), hold))
@@ -390,8 +456,9 @@ impl AccountState {
         id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(AccountEffect, TransactionRecord), HoldRefusal> {
-        let hold = self.holds.remove(&id).ok_or(HoldRefusal::NotOpen)?;
-        self.held -= hold.amount.minor();
+        let extras = self.extras.as_deref_mut().ok_or(HoldRefusal::NotOpen)?;
+        let hold = extras.holds.remove(&id).ok_or(HoldRefusal::NotOpen)?;
+        extras.held -= hold.amount.minor();
         self.uncount_debit(hold.amount.minor(), hold.created_at, at);
         let balance = self.balance;
         Ok((self.commit(balance, at), hold))
@@ -402,7 +469,7 @@ impl AccountState {
     /// [`unreserve`](Self::unreserve).
     pub fn reserve(&mut self, amount: Amount, at: DateTime<Utc>) -> Result<(), Refusal> {
         self.check_debit(amount, at)?;
-        self.reserved += amount.minor();
+        self.extras_mut().reserved += amount.minor();
         if !self.id.is_external() {
             self.count_debit(amount.minor(), at);
         }
@@ -411,18 +478,19 @@ impl AccountState {
 
     /// Drop a promise made by [`reserve`](Self::reserve) at `reserved_at`.
     pub fn unreserve(&mut self, amount: Amount, reserved_at: DateTime<Utc>, at: DateTime<Utc>) {
-        self.reserved -= amount.minor();
-        debug_assert!(self.reserved >= 0, "reservations never go below zero");
+        self.extras_mut().reserved -= amount.minor();
+        debug_assert!(self.reserved() >= 0, "reservations never go below zero");
         if !self.id.is_external() {
             self.uncount_debit(amount.minor(), reserved_at, at);
         }
+        self.tidy();
     }
 
     /// Keep a promise made by [`reserve`](Self::reserve): the amount leaves. Cannot be
     /// refused: it was checked when promised.
     pub fn settle_reserved(&mut self, amount: Amount, at: DateTime<Utc>) -> AccountEffect {
-        self.reserved -= amount.minor();
-        debug_assert!(self.reserved >= 0, "reservations never go below zero");
+        self.extras_mut().reserved -= amount.minor();
+        debug_assert!(self.reserved() >= 0, "reservations never go below zero");
         let balance = self
             .balance
             .checked_sub(amount.minor())
@@ -434,18 +502,19 @@ impl AccountState {
     /// balance are checked now).
     pub fn reserve_incoming(&mut self, amount: Amount) -> Result<(), Refusal> {
         self.check_credit(amount)?;
-        self.incoming += amount.minor();
+        self.extras_mut().incoming += amount.minor();
         Ok(())
     }
 
     pub fn unreserve_incoming(&mut self, amount: Amount) {
-        self.incoming -= amount.minor();
-        debug_assert!(self.incoming >= 0, "reservations never go below zero");
+        self.extras_mut().incoming -= amount.minor();
+        debug_assert!(self.incoming() >= 0, "reservations never go below zero");
+        self.tidy();
     }
 
     /// Keep a promise made by [`reserve_incoming`](Self::reserve_incoming).
     pub fn settle_incoming(&mut self, amount: Amount, at: DateTime<Utc>) -> AccountEffect {
-        self.incoming -= amount.minor();
+        self.extras_mut().incoming -= amount.minor();
         let balance = self
             .balance
             .checked_add(amount.minor())
@@ -466,7 +535,7 @@ impl AccountState {
             return Err(StatusChangeRefusal::AccountClosed);
         }
         if status == AccountStatus::Closed
-            && (self.balance != 0 || self.held != 0 || self.reserved != 0 || self.incoming != 0)
+            && (self.balance != 0 || self.held() != 0 || self.reserved() != 0 || self.incoming() != 0)
         {
             return Err(StatusChangeRefusal::BalanceNotZero);
         }
@@ -487,14 +556,14 @@ impl AccountState {
         if !rules.is_valid() {
             return Err(StatusChangeRefusal::InvalidRule);
         }
-        self.rules = rules;
+        self.extras_mut().rules = rules;
         let balance = self.balance;
         Ok(self.commit(balance, at))
     }
 
     /// Whether the actor may stop: nothing of a batch in flight lives only in memory.
     pub fn is_at_rest(&self) -> bool {
-        self.reserved == 0 && self.incoming == 0
+        self.reserved() == 0 && self.incoming() == 0
     }
 
     /// The current state as an effect, without changing anything.
@@ -503,21 +572,22 @@ impl AccountState {
             account: self.id,
             version: self.version,
             balance: self.balance,
-            held: self.held,
+            held: self.held(),
             status: self.status,
-            rules: self.rules,
+            rules: self.rules(),
             usage: self.usage,
             at,
         }
     }
 
     fn commit(&mut self, balance: i64, at: DateTime<Utc>) -> AccountEffect {
-        debug_assert!(self.held >= 0, "held is never negative");
+        debug_assert!(self.held() >= 0, "held is never negative");
         debug_assert_eq!(
-            self.held,
-            self.holds.values().map(|hold| hold.amount.minor()).sum::<i64>(),
+            self.held(),
+            self.holds().values().map(|hold| hold.amount.minor()).sum::<i64>(),
             "held is the sum of the open holds"
         );
+        self.tidy();
         self.balance = balance;
         self.version += 1;
         self.snapshot(at)
@@ -776,8 +846,40 @@ mod tests {
             state.capture_hold(id, None, now()),
             Err(HoldRefusal::Refused(Refusal::AccountFrozen))
         );
-        assert_eq!(state.held, 40);
+        assert_eq!(state.held(), 40);
         assert_eq!(state.release_hold(id, now()).unwrap().0.held, 0);
+    }
+
+    #[test]
+    fn rules_holds_and_reservations_take_room_only_while_they_are_set() {
+        let mut state = account(100);
+        state.debit(amount(10), now()).unwrap();
+        state.credit(amount(10), now()).unwrap();
+        assert!(state.extras.is_none(), "plain moves need no extras");
+
+        let id = state.place_hold(hold(40, now()), now()).unwrap().account;
+        assert_eq!(id, state.id);
+        assert!(state.extras.is_some());
+        let open = *state.holds().keys().next().unwrap();
+        state.release_hold(open, now()).unwrap();
+        assert!(state.extras.is_none(), "a released hold leaves nothing behind");
+
+        state.reserve(amount(5), now()).unwrap();
+        state.reserve_incoming(amount(5)).unwrap();
+        state.unreserve(amount(5), now(), now());
+        assert!(state.extras.is_some(), "money is still promised to arrive");
+        state.unreserve_incoming(amount(5));
+        assert!(state.extras.is_none());
+
+        let rules = AccountRules {
+            overdraft_limit: 50,
+            ..AccountRules::default()
+        };
+        state.set_rules(rules, now()).unwrap();
+        assert_eq!(state.rules(), rules);
+        assert_eq!(state.available(), 150);
+        state.set_rules(AccountRules::default(), now()).unwrap();
+        assert!(state.extras.is_none(), "default rules are the absence of rules");
     }
 
     #[test]

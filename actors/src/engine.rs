@@ -240,11 +240,11 @@ impl AccountBalance {
         AccountBalance {
             account: state.id,
             balance: state.balance,
-            held: state.held,
+            held: state.held(),
             available: state.available(),
             status: state.status,
             version: state.version,
-            rules: state.rules,
+            rules: state.rules(),
             debited_today: debited_on(state.usage, today),
         }
     }
@@ -348,6 +348,7 @@ impl Engine {
             );
         }
         crate::holds::start_expiry(&shared, expiring);
+        start_idle_sweep(&shared);
         Ok(Engine {
             shared,
             owned_arbiters: Arc::new(std::sync::Mutex::new(owned_arbiters)),
@@ -614,7 +615,8 @@ impl Engine {
         pool.with_label_values(&["idle"]).set(idle as i64);
     }
 
-    /// Make every live actor check for passivation now (the same check runs on a timer).
+    /// Make every live actor check for passivation now (the idle sweep asks only those
+    /// the registry saw idle, every `passivation_check_interval`).
     pub async fn sweep_idle(&self) {
         self.shared.registry.broadcast(Sweep).await;
     }
@@ -958,6 +960,18 @@ pub(crate) async fn credit_or_refund(
     metrics.transfers.with_label_values(&[kind, "rolled_back"]).inc();
     metrics.rollbacks.with_label_values(&[refusal.code()]).inc();
     vec![debited, refunded]
+}
+
+/// Every `passivation_check_interval`, ask the actors idle for `passivation_idle` to
+/// passivate. Stops with the engine.
+fn start_idle_sweep(shared: &Arc<Shared>) {
+    crate::shared::every(shared, shared.config.passivation_check_interval, |shared| {
+        let idle = i64::try_from(shared.config.passivation_idle.as_millis()).unwrap_or(i64::MAX);
+        let idle_since = shared.clock.now().timestamp_millis().saturating_sub(idle);
+        let asked = shared.registry.sweep_idle(idle_since);
+        tracing::debug!(asked, "idle sweep");
+        std::ops::ControlFlow::Continue(())
+    });
 }
 
 /// Give a debit back. The source actor applied the debit and cannot passivate before

@@ -15,8 +15,8 @@
 //! (so a hold whose expiry passed while Tally was down is voided at start), and checked
 //! every `hold_expiry_interval` against the engine's clock.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -236,44 +236,32 @@ async fn open_source(shared: &Arc<Shared>, id: Uuid, settlement: Settlement) -> 
 /// knows of (`pending`: expiry, hold, source account).
 pub(crate) fn start_expiry(shared: &Arc<Shared>, pending: Vec<(DateTime<Utc>, Uuid, AccountId)>) {
     expiries(shared).extend(pending);
-    let weak = Arc::downgrade(shared);
-    let interval = shared.config.hold_expiry_interval;
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(shared) = weak.upgrade() else {
-                return;
+    crate::shared::every(shared, shared.config.hold_expiry_interval, |shared| {
+        for (expires_at, id, source) in due(shared) {
+            let Some(guard) = shared.enter() else {
+                return ControlFlow::Break(());
             };
-            if shared.closing.load(Ordering::Acquire) {
-                return;
-            }
-            for (expires_at, id, source) in due(&shared) {
-                let Some(guard) = shared.enter() else {
-                    return;
-                };
-                let task_shared = shared.clone();
-                tokio::spawn(async move {
-                    let (reply, outcome) = oneshot::channel();
-                    settle(task_shared.clone(), id, Settlement::Expire, reply).await;
-                    if let Ok(Err(error)) = outcome.await
-                        && !matches!(
-                            error,
-                            EngineError::HoldNotPending { .. }
-                                | EngineError::TransactionNotFound(_)
-                                | EngineError::NotAHold(_)
-                        )
-                    {
-                        // Not settled (the store or the account is unavailable): try again
-                        // on a later tick.
-                        tracing::warn!(hold = %id, error = %error, "cannot expire a hold yet; will retry");
-                        expiries(&task_shared).insert((expires_at, id, source));
-                    }
-                    drop(guard);
-                });
-            }
+            let task_shared = shared.clone();
+            tokio::spawn(async move {
+                let (reply, outcome) = oneshot::channel();
+                settle(task_shared.clone(), id, Settlement::Expire, reply).await;
+                if let Ok(Err(error)) = outcome.await
+                    && !matches!(
+                        error,
+                        EngineError::HoldNotPending { .. }
+                            | EngineError::TransactionNotFound(_)
+                            | EngineError::NotAHold(_)
+                    )
+                {
+                    // Not settled (the store or the account is unavailable): try again
+                    // on a later tick.
+                    tracing::warn!(hold = %id, error = %error, "cannot expire a hold yet; will retry");
+                    expiries(&task_shared).insert((expires_at, id, source));
+                }
+                drop(guard);
+            });
         }
+        ControlFlow::Continue(())
     });
 }
 

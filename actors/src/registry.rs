@@ -10,13 +10,13 @@
 //! a full mailbox is an immediate "overloaded" answer, never an unbounded queue.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use crate::actor::AccountActor;
+use crate::actor::{AccountActor, Sweep};
 use crate::money::AccountId;
 use crate::shared::Shared;
 
@@ -24,12 +24,36 @@ use crate::shared::Shared;
 /// handling it (passivation or a failed load racing with the send).
 const SEND_ATTEMPTS_MAX: usize = 4;
 
-/// A live actor and its mailbox depth.
+/// What a live actor and its registry entry both see: the mailbox depth and when the
+/// actor last handled a message (for the idle sweep, which reads it without disturbing
+/// the actor).
+#[derive(Debug)]
+pub(crate) struct ActorCell {
+    pub id: AccountId,
+    /// Told apart from earlier and later actors of the same account.
+    pub generation: u64,
+    /// Messages sent and not yet handled.
+    pub depth: AtomicUsize,
+    /// When the actor last handled a message, in milliseconds since the epoch.
+    pub last_active_ms: AtomicI64,
+}
+
+impl ActorCell {
+    pub fn new(id: AccountId, generation: u64, now_ms: i64) -> Self {
+        ActorCell {
+            id,
+            generation,
+            depth: AtomicUsize::new(0),
+            last_active_ms: AtomicI64::new(now_ms),
+        }
+    }
+}
+
+/// A live actor and its cell.
 #[derive(Clone, Debug)]
 pub(crate) struct AccountHandle {
     pub addr: Addr<AccountActor>,
-    pub depth: Arc<AtomicUsize>,
-    pub generation: u64,
+    pub cell: Arc<ActorCell>,
 }
 
 /// Why a message did not reach an actor.
@@ -73,9 +97,9 @@ impl Registry {
             .entry(id)
             .or_insert_with(|| {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-                let depth = Arc::new(AtomicUsize::new(0));
+                let cell = Arc::new(ActorCell::new(id, generation, shared.clock.now().timestamp_millis()));
                 let arbiter = &self.arbiters[(id.get() as u64 % self.arbiters.len() as u64) as usize];
-                let actor = AccountActor::new(id, generation, depth.clone(), shared.clone());
+                let actor = AccountActor::new(cell.clone(), shared.clone());
                 // Our own depth counter bounds the mailbox; actix's capacity only needs
                 // room for everything that counter admits plus must-deliver messages.
                 let capacity = self.mailbox_capacity.saturating_mul(2).max(16);
@@ -83,18 +107,15 @@ impl Registry {
                     ctx.set_mailbox_capacity(capacity);
                     actor
                 });
-                AccountHandle {
-                    addr,
-                    depth,
-                    generation,
-                }
+                AccountHandle { addr, cell }
             })
             .clone()
     }
 
     /// Remove `id`'s entry if it still belongs to actor `generation`.
     pub fn forget(&self, id: AccountId, generation: u64) {
-        self.actors.remove_if(&id, |_, handle| handle.generation == generation);
+        self.actors
+            .remove_if(&id, |_, handle| handle.cell.generation == generation);
     }
 
     /// Send `message` to `id`'s actor and wait for its reply. With `must_deliver`, the
@@ -116,9 +137,9 @@ impl Registry {
     {
         for _ in 0..SEND_ATTEMPTS_MAX {
             let handle = self.handle(id, shared);
-            let depth = handle.depth.fetch_add(1, Ordering::AcqRel);
+            let depth = handle.cell.depth.fetch_add(1, Ordering::AcqRel);
             if !must_deliver && depth >= self.mailbox_capacity {
-                handle.depth.fetch_sub(1, Ordering::AcqRel);
+                handle.cell.depth.fetch_sub(1, Ordering::AcqRel);
                 shared.metrics.actor_overloaded.inc();
                 return Err(SendError::Overloaded);
             }
@@ -145,7 +166,7 @@ impl Registry {
         let handles: Vec<AccountHandle> = self.actors.iter().map(|entry| entry.value().clone()).collect();
         let mut replies = Vec::with_capacity(handles.len());
         for handle in handles {
-            handle.depth.fetch_add(1, Ordering::AcqRel);
+            handle.cell.depth.fetch_add(1, Ordering::AcqRel);
             replies.push(handle.addr.send(message.clone()));
         }
         for reply in replies {
@@ -153,9 +174,33 @@ impl Registry {
         }
     }
 
+    /// Ask every actor idle since before `idle_since_ms`, with nothing queued, to check
+    /// whether it may passivate (the actor decides: its state must also be durable).
+    /// Only the registry is read for the others, so a sweep over a million mostly busy
+    /// or mostly idle actors sends no message it does not need; returns how many were
+    /// asked.
+    pub fn sweep_idle(&self, idle_since_ms: i64) -> usize {
+        let mut asked = 0;
+        for entry in self.actors.iter() {
+            let handle = entry.value();
+            if handle.cell.last_active_ms.load(Ordering::Relaxed) > idle_since_ms
+                || handle.cell.depth.load(Ordering::Relaxed) > 0
+            {
+                continue;
+            }
+            handle.cell.depth.fetch_add(1, Ordering::AcqRel);
+            if handle.addr.try_send(Sweep).is_err() {
+                handle.cell.depth.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                asked += 1;
+            }
+        }
+        asked
+    }
+
     fn forget_if_dead(&self, id: AccountId, handle: &AccountHandle) {
         if !handle.addr.connected() {
-            self.forget(id, handle.generation);
+            self.forget(id, handle.cell.generation);
         }
     }
 
@@ -164,7 +209,7 @@ impl Registry {
     pub fn mailbox_depth(&self) -> usize {
         self.actors
             .iter()
-            .map(|entry| entry.value().depth.load(Ordering::Relaxed))
+            .map(|entry| entry.value().cell.depth.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -172,7 +217,7 @@ impl Registry {
         let mut all: Vec<(AccountId, usize)> = self
             .actors
             .iter()
-            .map(|entry| (*entry.key(), entry.value().depth.load(Ordering::Relaxed)))
+            .map(|entry| (*entry.key(), entry.value().cell.depth.load(Ordering::Relaxed)))
             .collect();
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(count);

@@ -129,3 +129,26 @@ impl Drop for KeyGuard {
             .remove_if(&self.key, |_, lock| Arc::strong_count(lock) == 1);
     }
 }
+
+/// Run `tick` every `interval` (the first at once) until it breaks, the engine is
+/// dropped or it starts shutting down. The task holds the engine only while it ticks.
+pub(crate) fn every(
+    shared: &Arc<Shared>,
+    interval: std::time::Duration,
+    mut tick: impl FnMut(&Arc<Shared>) -> std::ops::ControlFlow<()> + Send + 'static,
+) {
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            if shared.closing.load(Ordering::Acquire) || tick(&shared).is_break() {
+                return;
+            }
+        }
+    });
+}

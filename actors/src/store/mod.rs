@@ -1009,26 +1009,21 @@ impl RawAccount {
             "account {id} holds {} but its open holds sum to {open}",
             self.held
         );
-        Ok(AccountState {
-            id,
-            balance: self.balance,
-            held: self.held,
-            status: AccountStatus::parse(&self.status)
-                .with_context(|| format!("account {id} has unknown status {:?}", self.status))?,
-            version: u64::try_from(self.version).context("negative account version")?,
-            rules: AccountRules {
-                overdraft_limit: self.overdraft_limit,
-                max_balance: self.max_balance,
-                daily_debit_cap: self.daily_debit_cap,
-            },
-            usage: DailyUsage {
-                day: self.debit_day,
-                debited: self.debited_on_day,
-            },
-            holds,
-            reserved: 0,
-            incoming: 0,
-        })
+        let rules = AccountRules {
+            overdraft_limit: self.overdraft_limit,
+            max_balance: self.max_balance,
+            daily_debit_cap: self.daily_debit_cap,
+        };
+        let mut state = AccountState::new(id).with_rules_and_holds(rules, self.held, holds);
+        state.balance = self.balance;
+        state.status = AccountStatus::parse(&self.status)
+            .with_context(|| format!("account {id} has unknown status {:?}", self.status))?;
+        state.version = u64::try_from(self.version).context("negative account version")?;
+        state.usage = DailyUsage {
+            day: self.debit_day,
+            debited: self.debited_on_day,
+        };
+        Ok(state)
     }
 }
 

@@ -322,7 +322,7 @@ async fn a_mix_of_holds_batches_and_reversals_keeps_every_invariant(backend: Bac
     for (id, (balance, held)) in &in_memory {
         let stored = store.load_account(AccountId::new(*id).unwrap()).await.unwrap().unwrap();
         assert_eq!(
-            (stored.balance, stored.held),
+            (stored.balance, stored.held()),
             (*balance, *held),
             "account {id}: store and memory agree"
         );

@@ -1,5 +1,6 @@
 //! Passivation: idle actors stop, and reactivated ones hold exactly the same balances.
-//! Time is a manual clock; sweeps run the same check the actors' timers run.
+//! Time is a manual clock; `sweep_idle` runs the same check the engine's idle sweep
+//! asks idle actors to run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use tally_actors::{AccountId, Engine, ManualClock, MoveRequest, Placement};
 
 use crate::on_both_stores;
-use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, open_accounts};
+use crate::support::{Backend, TestDb, account, amount, assert_store_invariants, config, eventually, open_accounts};
 
 async fn idle_actors_passivate_and_come_back_with_exact_balances(backend: Backend) {
     let db = TestDb::create(backend).await;
@@ -52,3 +53,34 @@ async fn idle_actors_passivate_and_come_back_with_exact_balances(backend: Backen
 }
 
 on_both_stores!(idle_actors_passivate_and_come_back_with_exact_balances);
+
+/// The engine sweeps on its own, every `passivation_check_interval`, and asks only the
+/// actors idle long enough: a busy one stays, an idle one goes.
+async fn the_idle_sweep_runs_on_its_own(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let mut config = config(&db.url);
+    config.placement = Placement::Current;
+    config.passivation_idle = Duration::from_secs(60);
+    config.passivation_check_interval = Duration::from_millis(20);
+    let engine = Engine::open_with_clock(config, clock.clone()).await.unwrap();
+    open_accounts(&engine, 3, 10_00).await;
+    assert_eq!(engine.actor_stats(0).active, 4, "three accounts and external");
+
+    // Sweeps come and go while nothing is idle long enough.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.actor_stats(0).active, 4);
+    clock.advance(Duration::from_secs(59));
+    engine.balance(account(3)).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    eventually(Duration::from_secs(10), "the idle actors passivate", || {
+        engine.metrics().actor_passivations.get() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.actor_stats(0).active, 1, "account 3 was used 2 s ago and stays");
+    assert_eq!(engine.balance(account(1)).await.unwrap().balance, 10_00);
+    engine.shutdown().await;
+}
+
+on_both_stores!(the_idle_sweep_runs_on_its_own);

@@ -99,7 +99,7 @@ async fn a_created_user_has_an_empty_account_and_is_found_by_username_in_any_cas
         .unwrap()
         .expect("the user's account was created with it");
     assert_eq!(
-        (account.balance, account.held, account.status, account.version),
+        (account.balance, account.held(), account.status, account.version),
         (0, 0, AccountStatus::Active, 0)
     );
 
