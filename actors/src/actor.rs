@@ -105,11 +105,7 @@ impl AccountActor {
         let Some(Life::Ready(state)) = &self.life else {
             return;
         };
-        let idle_ms = self.shared.clock.now().timestamp_millis() - self.cell.last_active_ms.load(Ordering::Relaxed);
-        if u128::try_from(idle_ms).unwrap_or(0) < self.shared.config.passivation_idle.as_millis()
-            || self.cell.depth.load(Ordering::Acquire) > 0
-            || !state.is_at_rest()
-        {
+        if !self.cell.is_idle_since(self.shared.idle_cutoff_ms()) || !state.is_at_rest() {
             return;
         }
         let version = state.version;
@@ -123,7 +119,7 @@ impl AccountActor {
         if removed.is_none() {
             return;
         }
-        self.shared.registry.forget(self.cell.id, self.cell.generation);
+        self.shared.registry.forget(&self.cell);
         self.shared.metrics.actor_passivations.inc();
         tracing::debug!(account = %self.cell.id, version, "passivating an idle account actor");
         ctx.stop();
@@ -160,7 +156,7 @@ impl Actor for AccountActor {
         self.shared.metrics.actors_active.dec();
         // Messages still queued are dropped with the mailbox; their senders see the
         // mailbox closed and retry on a new actor.
-        self.shared.registry.forget(self.cell.id, self.cell.generation);
+        self.shared.registry.forget(&self.cell);
     }
 }
 
@@ -168,7 +164,7 @@ impl AccountActor {
     /// An actor that could not load leaves the registry at once (so the next caller
     /// tries a fresh load), answers what is already queued, and stops shortly after.
     fn retire(&mut self, ctx: &mut Context<Self>) {
-        self.shared.registry.forget(self.cell.id, self.cell.generation);
+        self.shared.registry.forget(&self.cell);
         ctx.run_later(RETIRE_AFTER, |_, ctx| ctx.stop());
     }
 }

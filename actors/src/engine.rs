@@ -966,9 +966,7 @@ pub(crate) async fn credit_or_refund(
 /// passivate. Stops with the engine.
 fn start_idle_sweep(shared: &Arc<Shared>) {
     crate::shared::every(shared, shared.config.passivation_check_interval, |shared| {
-        let idle = i64::try_from(shared.config.passivation_idle.as_millis()).unwrap_or(i64::MAX);
-        let idle_since = shared.clock.now().timestamp_millis().saturating_sub(idle);
-        let asked = shared.registry.sweep_idle(idle_since);
+        let asked = shared.registry.sweep_idle(shared.idle_cutoff_ms());
         tracing::debug!(asked, "idle sweep");
         std::ops::ControlFlow::Continue(())
     });

@@ -47,6 +47,11 @@ impl ActorCell {
             last_active_ms: AtomicI64::new(now_ms),
         }
     }
+
+    /// Nothing queued and no message handled after `cutoff_ms`.
+    pub fn is_idle_since(&self, cutoff_ms: i64) -> bool {
+        self.last_active_ms.load(Ordering::Relaxed) <= cutoff_ms && self.depth.load(Ordering::Acquire) == 0
+    }
 }
 
 /// A live actor and its cell.
@@ -112,10 +117,10 @@ impl Registry {
             .clone()
     }
 
-    /// Remove `id`'s entry if it still belongs to actor `generation`.
-    pub fn forget(&self, id: AccountId, generation: u64) {
+    /// Remove the entry of `cell`'s account if it still belongs to that actor.
+    pub fn forget(&self, cell: &ActorCell) {
         self.actors
-            .remove_if(&id, |_, handle| handle.cell.generation == generation);
+            .remove_if(&cell.id, |_, handle| handle.cell.generation == cell.generation);
     }
 
     /// Send `message` to `id`'s actor and wait for its reply. With `must_deliver`, the
@@ -148,7 +153,7 @@ impl Registry {
                 Err(_) => {
                     // The actor stopped before handling the message, so it was not
                     // applied (handlers reply synchronously); try a fresh actor.
-                    self.forget_if_dead(id, &handle);
+                    self.forget_if_dead(&handle);
                 }
             }
         }
@@ -174,18 +179,14 @@ impl Registry {
         }
     }
 
-    /// Ask every actor idle since before `idle_since_ms`, with nothing queued, to check
-    /// whether it may passivate (the actor decides: its state must also be durable).
-    /// Only the registry is read for the others, so a sweep over a million mostly busy
-    /// or mostly idle actors sends no message it does not need; returns how many were
-    /// asked.
-    pub fn sweep_idle(&self, idle_since_ms: i64) -> usize {
+    /// Ask every actor idle since `cutoff_ms` to check whether it may passivate (the
+    /// actor decides: its state must also be durable). The others are only read in the
+    /// registry, never sent a message; returns how many were asked.
+    pub fn sweep_idle(&self, cutoff_ms: i64) -> usize {
         let mut asked = 0;
         for entry in self.actors.iter() {
             let handle = entry.value();
-            if handle.cell.last_active_ms.load(Ordering::Relaxed) > idle_since_ms
-                || handle.cell.depth.load(Ordering::Relaxed) > 0
-            {
+            if !handle.cell.is_idle_since(cutoff_ms) {
                 continue;
             }
             handle.cell.depth.fetch_add(1, Ordering::AcqRel);
@@ -198,9 +199,9 @@ impl Registry {
         asked
     }
 
-    fn forget_if_dead(&self, id: AccountId, handle: &AccountHandle) {
+    fn forget_if_dead(&self, handle: &AccountHandle) {
         if !handle.addr.connected() {
-            self.forget(id, handle.cell.generation);
+            self.forget(&handle.cell);
         }
     }
 

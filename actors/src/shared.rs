@@ -61,6 +61,13 @@ impl Shared {
         self.registry.ask(self, id, message, must_deliver).await
     }
 
+    /// An actor that has handled no message since this time (milliseconds since the
+    /// epoch) has been idle for the passivation time.
+    pub fn idle_cutoff_ms(&self) -> i64 {
+        let idle = i64::try_from(self.config.passivation_idle.as_millis()).unwrap_or(i64::MAX);
+        self.clock.now().timestamp_millis().saturating_sub(idle)
+    }
+
     /// Count an operation in; `None` once shutting down.
     pub fn enter(self: &Arc<Self>) -> Option<InFlightGuard> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
