@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::http::{Request, Transport};
 use crate::report::{Outcome, OutcomeClass, Step};
 use crate::runner::Executor;
 use crate::workload::{HoldSettlement, Operation, OperationKind, format_minor, parse_minor};
@@ -135,6 +136,9 @@ struct Token {
 #[derive(Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
+    /// API requests go over the tester's own lean transport (see [`crate::http`]);
+    /// `http` logs in and reads the probes.
+    transport: Transport,
     base_url: String,
     username: String,
     password: String,
@@ -160,8 +164,10 @@ impl ApiClient {
             .context("building the HTTP client")?;
         let base_url = base_url.trim_end_matches('/').to_string();
         let (token, admin_id) = log_in(&http, &base_url, username, password).await?;
+        let transport = Transport::new(&base_url, IDLE_CONNECTIONS_MAX, CONNECT_TIMEOUT, request_timeout)?;
         Ok(ApiClient {
             http,
+            transport,
             base_url,
             username: username.to_string(),
             password: password.to_string(),
@@ -212,18 +218,21 @@ impl ApiClient {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Answer, TransportError> {
-        let url = format!("{}/api/v1{path}", self.base_url);
+        let body = body.map(|body| serde_json::to_vec(body).expect("a JSON value serializes"));
         let mut answer = None;
         for _ in 0..=RELOGIN_ATTEMPTS_MAX {
             let (token, generation) = self.current_token().await;
-            let mut request = self.http.request(method.clone(), &url).bearer_auth(token);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            if let Some(key) = idempotency_key {
-                request = request.header("Idempotency-Key", key);
-            }
-            let reply = read_answer(request.send().await?).await?;
+            let reply = self
+                .transport
+                .send(&Request {
+                    method: method.as_str(),
+                    path,
+                    token: &token,
+                    idempotency_key,
+                    body: body.as_deref(),
+                })
+                .await?;
+            let reply = Answer::read(reply.status, reply.retry_after, reply.replayed, &reply.body);
             if reply.status != 401 {
                 return Ok(reply);
             }
@@ -343,29 +352,20 @@ fn parse_signed(text: &str) -> anyhow::Result<i64> {
     crate::workload::parse_signed_minor(text).map_err(anyhow::Error::msg)
 }
 
-async fn read_answer(response: reqwest::Response) -> Result<Answer, TransportError> {
-    let status = response.status().as_u16();
-    let headers = response.headers();
-    let retry_after = headers
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let replayed = headers
-        .get("idempotent-replayed")
-        .is_some_and(|value| value.as_bytes() == b"true");
-    let bytes = response.bytes().await?;
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let code = (status >= 400)
-        .then(|| body.get("code").and_then(Value::as_str).map(str::to_string))
-        .flatten();
-    Ok(Answer {
-        status,
-        code,
-        body,
-        retry_after,
-        replayed,
-    })
+impl Answer {
+    fn read(status: u16, retry_after: Option<Duration>, replayed: bool, bytes: &[u8]) -> Answer {
+        let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+        let code = (status >= 400)
+            .then(|| body.get("code").and_then(Value::as_str).map(str::to_string))
+            .flatten();
+        Answer {
+            status,
+            code,
+            body,
+            retry_after,
+            replayed,
+        }
+    }
 }
 
 async fn log_in(

@@ -4,6 +4,7 @@
 //! * [`runner`] — how to send it: closed loop or open loop (coordinated omission
 //!   corrected), live progress;
 //! * [`client`] — HTTP to Tally: login, retries with idempotency keys, the write log;
+//!   [`http`] — its lean keep-alive transport;
 //! * [`report`] — HdrHistogram latencies, outcome and error counts, the report;
 //! * [`plot`] — the per-second timeline as SVG;
 //! * [`setup`] — users created in the store and funded through the API;
@@ -18,6 +19,7 @@ pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod database;
+pub mod http;
 pub mod plot;
 pub mod report;
 pub mod runner;
