@@ -34,7 +34,7 @@ use crate::persister::{PendingWrite, Persister, PersisterStatus, Reservation};
 use crate::record::{AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus};
 use crate::registry::{Registry, SendError};
 use crate::shared::Shared;
-use crate::store::Store;
+use crate::store::{Store, StoreKind};
 
 /// How long a graceful shutdown waits for operations in flight, then for the persister
 /// to write what is queued. Past it, what is unwritten was never acknowledged.
@@ -349,6 +349,9 @@ impl Engine {
         }
         crate::holds::start_expiry(&shared, expiring);
         start_idle_sweep(&shared);
+        if shared.store.kind() == StoreKind::Sqlite {
+            start_checkpoints(&shared);
+        }
         Ok(Engine {
             shared,
             owned_arbiters: Arc::new(std::sync::Mutex::new(owned_arbiters)),
@@ -968,6 +971,32 @@ fn start_idle_sweep(shared: &Arc<Shared>) {
     crate::shared::every(shared, shared.config.passivation_check_interval, |shared| {
         let asked = shared.registry.sweep_idle(shared.idle_cutoff_ms());
         tracing::debug!(asked, "idle sweep");
+        std::ops::ControlFlow::Continue(())
+    });
+}
+
+/// How often the SQLite write-ahead log is copied into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// On SQLite, checkpoint the write-ahead log every [`CHECKPOINT_INTERVAL`] from a
+/// connection other than the persister's, one checkpoint at a time, so that group
+/// commits never wait for one. Stops with the engine.
+fn start_checkpoints(shared: &Arc<Shared>) {
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::shared::every(shared, CHECKPOINT_INTERVAL, move |shared| {
+        if !running.swap(true, Ordering::AcqRel) {
+            let store = shared.store.clone();
+            let running = running.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.checkpoint().await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "SQLite checkpoint failed; the next one tries again"
+                    );
+                }
+                running.store(false, Ordering::Release);
+            });
+        }
         std::ops::ControlFlow::Continue(())
     });
 }

@@ -240,6 +240,15 @@ impl Store {
         })
     }
 
+    /// On SQLite, checkpoint the write-ahead log from a pool connection (the persister's
+    /// own connection leaves that to this); nothing to do on PostgreSQL.
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Postgres(_) => Ok(()),
+            Backend::Sqlite(store) => self.observed("checkpoint", store.checkpoint()).await,
+        }
+    }
+
     pub fn kind(&self) -> StoreKind {
         match &self.backend {
             Backend::Postgres(_) => StoreKind::Postgres,

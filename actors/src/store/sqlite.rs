@@ -123,12 +123,33 @@ impl SqliteStore {
     }
 
     /// A store for the persister alone: one connection, held between batches.
+    ///
+    /// Its commits never copy the write-ahead log back into the database file (SQLite's
+    /// automatic checkpoint, every 1,000 pages, ran on every few batches and held each up
+    /// for the copy and its fsync): the engine checkpoints from another connection
+    /// instead ([`SqliteStore::checkpoint`]).
     pub(super) fn connect_writer(url: &str, acquire_timeout: Duration) -> anyhow::Result<Self> {
         let store = Self::connect_lazy(url, 1, acquire_timeout)?;
+        let options = store
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .pragma("wal_autocheckpoint", "0");
+        store.pool.set_connect_options(options);
         Ok(SqliteStore {
             held: Some(HeldConnection::default()),
             ..store
         })
+    }
+
+    /// Copy what the write-ahead log holds into the database file, as far as readers
+    /// allow, without waiting for the writer or holding it up.
+    pub(super) async fn checkpoint(&self) -> anyhow::Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub(super) async fn migrate(&self) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 mod support;
 
 mod basics;
+mod checkpoint;
 mod crash;
 mod features;
 mod hammer;
