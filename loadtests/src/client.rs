@@ -71,6 +71,21 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// An answer from its status, two headers and its body (JSON, or `null` when not).
+    fn read(status: u16, retry_after: Option<Duration>, replayed: bool, bytes: &[u8]) -> Answer {
+        let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+        let code = (status >= 400)
+            .then(|| body.get("code").and_then(Value::as_str).map(str::to_string))
+            .flatten();
+        Answer {
+            status,
+            code,
+            body,
+            retry_after,
+            replayed,
+        }
+    }
+
     /// The code to count this answer under.
     pub fn code_or_status(&self) -> String {
         self.code.clone().unwrap_or_else(|| format!("http_{}", self.status))
@@ -350,22 +365,6 @@ impl ApiClient {
 
 fn parse_signed(text: &str) -> anyhow::Result<i64> {
     crate::workload::parse_signed_minor(text).map_err(anyhow::Error::msg)
-}
-
-impl Answer {
-    fn read(status: u16, retry_after: Option<Duration>, replayed: bool, bytes: &[u8]) -> Answer {
-        let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-        let code = (status >= 400)
-            .then(|| body.get("code").and_then(Value::as_str).map(str::to_string))
-            .flatten();
-        Answer {
-            status,
-            code,
-            body,
-            retry_after,
-            replayed,
-        }
-    }
 }
 
 async fn log_in(
