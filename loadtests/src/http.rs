@@ -90,14 +90,14 @@ impl Transport {
 
     /// Send `request` and read its answer whole, within the request timeout.
     pub async fn send(&self, request: &Request<'_>) -> Result<Reply, TransportError> {
-        let head = self.head(request);
+        let bytes = self.encode(request);
         let reused = self.take_idle();
         let fresh = reused.is_none();
         let mut stream = match reused {
             Some(stream) => stream,
             None => self.connect().await?,
         };
-        let exchange = exchange(&mut stream, &head, request.body);
+        let exchange = exchange(&mut stream, &bytes);
         let (reply, keep) = match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {
@@ -127,9 +127,10 @@ impl Transport {
         Ok(reply)
     }
 
-    fn head(&self, request: &Request<'_>) -> Vec<u8> {
+    /// The request as it goes on the wire: head and body in one buffer, one write.
+    fn encode(&self, request: &Request<'_>) -> Vec<u8> {
         use std::io::Write;
-        let mut head = Vec::with_capacity(256 + request.token.len());
+        let mut head = Vec::with_capacity(256 + request.token.len() + request.body.map_or(0, <[u8]>::len));
         let _ = write!(
             head,
             "{} /api/v1{} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\n",
@@ -145,6 +146,7 @@ impl Transport {
                     "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 );
+                head.extend_from_slice(body);
             }
             None => head.extend_from_slice(b"\r\n"),
         }
@@ -193,21 +195,10 @@ impl Transport {
     }
 }
 
-/// Write the request, read the answer; also says whether the connection may be reused.
-async fn exchange(stream: &mut TcpStream, head: &[u8], body: Option<&[u8]>) -> std::io::Result<(Reply, bool)> {
-    match body {
-        Some(body) if head.len() + body.len() <= 16 << 10 => {
-            let mut whole = Vec::with_capacity(head.len() + body.len());
-            whole.extend_from_slice(head);
-            whole.extend_from_slice(body);
-            stream.write_all(&whole).await?;
-        }
-        Some(body) => {
-            stream.write_all(head).await?;
-            stream.write_all(body).await?;
-        }
-        None => stream.write_all(head).await?,
-    }
+/// Write the request whole, read the answer; also says whether the connection may be
+/// reused.
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> std::io::Result<(Reply, bool)> {
+    stream.write_all(request).await?;
     read_reply(stream).await
 }
 
@@ -322,25 +313,25 @@ async fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::
     let mut position = 0;
     loop {
         // A size line: hex digits, maybe extensions, CRLF.
-        let line_end = loop {
-            if let Some(offset) = pending[position..].windows(2).position(|pair| pair == b"\r\n") {
-                break position + offset;
+        let size_end = loop {
+            if let Some(end) = line_end(&pending, position) {
+                break end;
             }
             fill(stream, &mut pending).await?;
         };
-        let line = std::str::from_utf8(&pending[position..line_end]).map_err(|_| protocol("bad chunk size"))?;
+        let line = std::str::from_utf8(&pending[position..size_end]).map_err(|_| protocol("bad chunk size"))?;
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size =
             usize::from_str_radix(size_text, 16).map_err(|_| protocol(format!("bad chunk size {size_text:?}")))?;
-        position = line_end + 2;
+        position = size_end + 2;
         if size == 0 {
             // Trailers (none expected) end with an empty line.
             loop {
-                if let Some(offset) = pending[position..].windows(2).position(|pair| pair == b"\r\n") {
-                    if offset == 0 {
+                if let Some(end) = line_end(&pending, position) {
+                    if end == position {
                         return Ok(body);
                     }
-                    position += offset + 2;
+                    position = end + 2;
                 } else {
                     fill(stream, &mut pending).await?;
                 }
@@ -355,6 +346,14 @@ async fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::
         body.extend_from_slice(&pending[position..position + size]);
         position += size + 2;
     }
+}
+
+/// Where the line starting at `from` ends (its CRLF), once it has all arrived.
+fn line_end(buffer: &[u8], from: usize) -> Option<usize> {
+    buffer[from..]
+        .windows(2)
+        .position(|pair| pair == b"\r\n")
+        .map(|offset| from + offset)
 }
 
 async fn fill(stream: &mut TcpStream, pending: &mut Vec<u8>) -> std::io::Result<()> {
