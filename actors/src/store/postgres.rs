@@ -94,13 +94,32 @@ fn unnest_records(first: usize) -> String {
     format!("UNNEST({})", arrays.join(", "))
 }
 
+/// How a batch statement treats rows that already exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rewrite {
+    /// Plain inserts: a row that already exists fails the statement. Every first
+    /// attempt, which is nearly every batch: `ON CONFLICT` makes PostgreSQL probe the
+    /// unique index and insert speculatively for every row, several times the cost of
+    /// a plain insert.
+    No,
+    /// Rows already written are left alone: the batch is written again after an attempt
+    /// whose outcome was not known (the commit may have happened before the connection
+    /// broke). Writing a batch again is harmless: a written row only changes when a
+    /// hold settles, and balance rows only move to a later version.
+    Yes,
+}
+
 /// One group commit as one statement (so one transaction): new transactions, balance
 /// rows, audit rows and, when `settling`, holds written as pending by an earlier batch
-/// and settled since.
-fn write_batch_statement(settling: bool) -> String {
+/// and settled since. The inserts are data-modifying CTEs, which PostgreSQL runs to
+/// completion whether or not anything reads them, so they return nothing.
+fn write_batch_statement(settling: bool, rewrite: Rewrite) -> String {
+    let on_conflict = match rewrite {
+        Rewrite::No => "",
+        Rewrite::Yes => "\n    ON CONFLICT (id) DO NOTHING",
+    };
     let settled = if settling {
-        // An upsert only for these few rows: on every insert it would make PostgreSQL
-        // insert speculatively, which costs several times a plain insert.
+        // An upsert only for these few rows (see `Rewrite::No`).
         format!(
             "settled_holds AS (
     INSERT INTO transactions ({WRITTEN_COLUMNS})
@@ -112,52 +131,49 @@ fn write_batch_statement(settling: bool) -> String {
            refund_version = EXCLUDED.refund_version, refund_balance_after = EXCLUDED.refund_balance_after,
            failure_reason = EXCLUDED.failure_reason, completed_at = EXCLUDED.completed_at
      WHERE transactions.status = 'pending'
-    RETURNING 1
 ), ",
             unnest_records(42)
         )
     } else {
         String::new()
     };
-    let settled_count = if settling {
-        " + (SELECT COUNT(*) FROM settled_holds)"
-    } else {
-        ""
-    };
     format!(
         "WITH {settled}new_transactions AS (
     INSERT INTO transactions ({WRITTEN_COLUMNS})
-    SELECT * FROM {new}
-    -- Writing a batch again is harmless: a written row only changes when a hold settles.
-    ON CONFLICT (id) DO NOTHING
-    RETURNING 1
-), updated_balances AS (
-    UPDATE balances AS b
-       SET amount = u.amount, held = u.held, status = u.status, version = u.version,
-           last_updated_at = u.updated_at, overdraft_limit = u.overdraft_limit,
-           max_balance = u.max_balance, daily_debit_cap = u.daily_debit_cap,
-           debit_day = u.debit_day, debited_on_day = u.debited_on_day
-      FROM UNNEST($23::int8[], $24::int8[], $25::int8[], $26::text[], $27::int8[], $28::timestamptz[],
-                  $29::int8[], $30::int8[], $31::int8[], $32::int8[], $33::int8[])
-           AS u(user_id, amount, held, status, version, updated_at, overdraft_limit, max_balance,
-                daily_debit_cap, debit_day, debited_on_day)
-     WHERE b.user_id = u.user_id AND b.version < u.version
-    RETURNING 1
+    SELECT * FROM {new}{on_conflict}
 ), new_audit AS (
     INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
     SELECT * FROM UNNEST($34::uuid[], $35::text[], $36::text[], $37::text[], $38::int8[], $39::jsonb[],
-                         $40::text[], $41::timestamptz[])
-    ON CONFLICT (id) DO NOTHING
-    RETURNING 1
+                         $40::text[], $41::timestamptz[]){on_conflict}
 )
-SELECT (SELECT COUNT(*) FROM new_transactions) + (SELECT COUNT(*) FROM updated_balances)
-     + (SELECT COUNT(*) FROM new_audit){settled_count}",
+UPDATE balances AS b
+   SET amount = u.amount, held = u.held, status = u.status, version = u.version,
+       last_updated_at = u.updated_at, overdraft_limit = u.overdraft_limit,
+       max_balance = u.max_balance, daily_debit_cap = u.daily_debit_cap,
+       debit_day = u.debit_day, debited_on_day = u.debited_on_day
+  FROM UNNEST($23::int8[], $24::int8[], $25::int8[], $26::text[], $27::int8[], $28::timestamptz[],
+              $29::int8[], $30::int8[], $31::int8[], $32::int8[], $33::int8[])
+       AS u(user_id, amount, held, status, version, updated_at, overdraft_limit, max_balance,
+            daily_debit_cap, debit_day, debited_on_day)
+ WHERE b.user_id = u.user_id AND b.version < u.version",
         new = unnest_records(1),
     )
 }
 
-static WRITE_BATCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| write_batch_statement(false));
-static WRITE_BATCH_SETTLING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| write_batch_statement(true));
+/// The four batch statements, by whether holds settle and how rows that exist are met.
+static WRITE_BATCH: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+    [
+        write_batch_statement(false, Rewrite::No),
+        write_batch_statement(true, Rewrite::No),
+        write_batch_statement(false, Rewrite::Yes),
+        write_batch_statement(true, Rewrite::Yes),
+    ]
+});
+
+fn batch_statement(settling: bool, rewrite: Rewrite) -> &'static str {
+    let index = usize::from(settling) + 2 * usize::from(rewrite == Rewrite::Yes);
+    WRITE_BATCH[index].as_str()
+}
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
@@ -357,16 +373,26 @@ impl PgStore {
     }
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
+        match self.run_batch(batch, Rewrite::No).await {
+            Err(error) if violated_unique_index(&error).is_some() => {
+                // Some rows are there already: an earlier attempt committed after all.
+                tracing::info!(
+                    index = violated_unique_index(&error),
+                    "a batch written again after an attempt of unknown outcome"
+                );
+                self.run_batch(batch, Rewrite::Yes).await
+            }
+            other => other,
+        }
+        .context("writing a batch to PostgreSQL")
+    }
+
+    async fn run_batch(&self, batch: &Batch, rewrite: Rewrite) -> Result<(), sqlx::Error> {
         let balances = &batch.balances;
         let audit = AuditColumns::of(&batch.audit);
         let settling = !batch.settled_holds.is_empty();
-        let statement = if settling {
-            &*WRITE_BATCH_SETTLING
-        } else {
-            &*WRITE_BATCH
-        };
         let mut query = bind_records(
-            sqlx::query(sqlx::AssertSqlSafe(statement.as_str())),
+            sqlx::query(sqlx::AssertSqlSafe(batch_statement(settling, rewrite))),
             &batch.transactions,
         )
         .bind(balances.iter().map(|b| b.account.get()).collect::<Vec<_>>())
@@ -392,20 +418,11 @@ impl PgStore {
             query = bind_records(query, &batch.settled_holds);
         }
         let Some(held) = &self.held else {
-            query
-                .execute(&self.pool)
-                .await
-                .context("writing a batch to PostgreSQL")?;
+            query.execute(&self.pool).await?;
             return Ok(());
         };
-        let mut lease = held
-            .lease(&self.pool)
-            .await
-            .context("connecting to PostgreSQL to write a batch")?;
-        query
-            .execute(lease.connection())
-            .await
-            .context("writing a batch to PostgreSQL")?;
+        let mut lease = held.lease(&self.pool).await?;
+        query.execute(lease.connection()).await?;
         lease.keep();
         Ok(())
     }

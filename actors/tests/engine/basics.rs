@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tally_actors::store::Batch;
 use tally_actors::{
     AccountId, Engine, EngineError, ManualClock, MoveRequest, Placement, Refusal, TransactionKind, TransactionStatus,
 };
@@ -151,7 +152,38 @@ async fn a_full_mailbox_answers_overloaded_instead_of_queueing(backend: Backend)
     assert_store_invariants(&tally_actors::Store::connect(&db.url, 1).await.unwrap()).await;
 }
 
+/// A batch whose commit may have happened before the connection broke is written
+/// again: the rows already there stay as they are, the others are written.
+async fn a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    open_accounts(&engine, 2, 100_00).await;
+    let written = engine
+        .execute(MoveRequest::transfer(account(1), account(2), amount(30_00)))
+        .await
+        .unwrap();
+    let count = engine.store().transaction_count().await.unwrap();
+
+    let mut changed = written.clone();
+    changed.amount = amount(99_00);
+    let mut missing = written.clone();
+    missing.id = uuid::Uuid::now_v7();
+    let batch = Batch {
+        transactions: vec![changed, missing.clone()],
+        ..Batch::default()
+    };
+    engine.store().write_batch(&batch).await.unwrap();
+    engine.store().write_batch(&batch).await.unwrap();
+
+    let store = engine.store();
+    assert_eq!(store.transaction(written.id).await.unwrap(), Some(written));
+    assert_eq!(store.transaction(missing.id).await.unwrap(), Some(missing));
+    assert_eq!(store.transaction_count().await.unwrap(), count + 1);
+    engine.shutdown().await;
+}
+
 on_both_stores!(
+    a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones,
     a_transfer_moves_money_and_is_journaled_with_balances_after,
     a_debit_beyond_the_balance_is_recorded_as_failed_and_moves_nothing,
     malformed_movements_are_refused_with_typed_errors_before_anything_moves,
