@@ -53,6 +53,13 @@ INITIAL_BALANCE_MINOR=100000
 TALLY_PID=""
 
 log() { printf '\n== %s\n' "$*"; }
+# Every measured PostgreSQL cell, Tally's and pgbench's alike, starts right after a
+# checkpoint: otherwise one cell and not another meets the checkpoint that the WAL
+# written so far (the setup's included) brings on, with the burst of full-page writes
+# that follows it, and the p99 of that cell says more about the timing than the system.
+checkpoint() {
+    psql -q "$SERVER_URL" -c "CHECKPOINT" || echo "compare.sh: CHECKPOINT refused (needs a superuser or pg_checkpoint); cells may meet a checkpoint" >&2
+}
 database_url() { printf '%s' "${SERVER_URL%/*}/$1"; }
 
 stop_tally() {
@@ -127,6 +134,7 @@ for durability in strict relaxed; do
         --initial-balance 1000.00 --request-timeout 60s | grep -v ' accounts checked$'
     for shape in "${SHAPES[@]}"; do
         log "Tally $durability, $shape: $CONCURRENCY connections for ${DURATION}s"
+        checkpoint
         # shellcheck disable=SC2046
         "$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
             --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
@@ -142,6 +150,7 @@ for durability in strict relaxed; do
     if [ "$durability" = strict ]; then
         OPEN_RATE=$(( ${THROUGHPUT[strict-uniform]%.*} / 2 ))
         log "Tally strict, uniform, open loop at $OPEN_RATE requests/s (half the closed-loop peak) for ${DURATION}s"
+        checkpoint
         "$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
             --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
             --shape uniform --rate "$OPEN_RATE" --duration "${DURATION}s" \
@@ -176,6 +185,7 @@ for shape in "${SHAPES[@]}"; do
     [ "$shape" = hot ] && range=$HOT
     log "plain PostgreSQL, $shape: pgbench, $CONCURRENCY clients for ${DURATION}s"
     rm -f "$OUTPUT"/pgbench-"$shape".*
+    checkpoint
     pgbench -n -M prepared -c "$CONCURRENCY" -j 2 -T "$DURATION" -D range="$range" \
         -f loadtests/baseline/transfer.sql -l --log-prefix "$OUTPUT/pgbench-$shape" \
         "$(database_url "$BASELINE_DB")" | tee "$OUTPUT/pgbench-$shape.txt"
@@ -234,6 +244,8 @@ row() { # label key
     echo "  still queued for the persister (\`tally_persister_queue_depth\`; all were durable before verification)."
     echo "* pgbench talks to PostgreSQL directly: no HTTP, no authentication, no JSON. Its p99 comes"
     echo "  from its per-transaction log (\`-l\`)."
+    echo "* Every PostgreSQL cell (Tally's and pgbench's) starts right after a \`CHECKPOINT\`, so no"
+    echo "  cell meets a checkpoint brought on by the WAL of the cells before it."
     echo "* Everything shares the same 2 cores: Tally, the load generator (\`tally-loadtest\` or"
     echo "  pgbench) and PostgreSQL. Figures move by up to a third between runs of this script on"
     echo "  this shared machine: compare the rows of one run, not figures across runs."
