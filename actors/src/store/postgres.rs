@@ -99,8 +99,8 @@ fn unnest_records(first: usize) -> String {
 enum Rewrite {
     /// Plain inserts: a row that already exists fails the statement. Every first
     /// attempt, which is nearly every batch: `ON CONFLICT` makes PostgreSQL probe the
-    /// unique index and insert speculatively for every row, several times the cost of
-    /// a plain insert.
+    /// unique index before every row and insert it speculatively, work a plain insert
+    /// does not do.
     No,
     /// Rows already written are left alone: the batch is written again after an attempt
     /// whose outcome was not known (the commit may have happened before the connection
