@@ -171,8 +171,13 @@ static WRITE_BATCH: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(
 });
 
 fn batch_statement(settling: bool, rewrite: Rewrite) -> &'static str {
-    let index = usize::from(settling) + 2 * usize::from(rewrite == Rewrite::Yes);
-    WRITE_BATCH[index].as_str()
+    let [plain, plain_settling, again, again_settling] = &*WRITE_BATCH;
+    match (rewrite, settling) {
+        (Rewrite::No, false) => plain,
+        (Rewrite::No, true) => plain_settling,
+        (Rewrite::Yes, false) => again,
+        (Rewrite::Yes, true) => again_settling,
+    }
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
@@ -373,18 +378,15 @@ impl PgStore {
     }
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
-        match self.run_batch(batch, Rewrite::No).await {
-            Err(error) if violated_unique_index(&error).is_some() => {
-                // Some rows are there already: an earlier attempt committed after all.
-                tracing::info!(
-                    index = violated_unique_index(&error),
-                    "a batch written again after an attempt of unknown outcome"
-                );
-                self.run_batch(batch, Rewrite::Yes).await
-            }
-            other => other,
+        let mut written = self.run_batch(batch, Rewrite::No).await;
+        if let Err(error) = &written
+            && let Some(index) = violated_unique_index(error)
+        {
+            // Some rows are there already: an earlier attempt committed after all.
+            tracing::info!(index, "a batch written again after an attempt of unknown outcome");
+            written = self.run_batch(batch, Rewrite::Yes).await;
         }
-        .context("writing a batch to PostgreSQL")
+        written.context("writing a batch to PostgreSQL")
     }
 
     async fn run_batch(&self, batch: &Batch, rewrite: Rewrite) -> Result<(), sqlx::Error> {
