@@ -365,6 +365,9 @@ impl PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
+        if !RawAccount::may_hold(&row) {
+            return Ok(Some(RawAccount::from_row(row, Vec::new())));
+        }
         let sql =
             format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE from_user_id = $1 AND status = 'pending'");
         let holds = sqlx::query(sqlx::AssertSqlSafe(sql))
