@@ -332,10 +332,22 @@ impl Store {
         self.observed("load_account", async {
             self.faults.check_read()?;
             let row = match &self.backend {
-                Backend::Postgres(store) => store.load_account(id).await?,
-                Backend::Sqlite(store) => store.load_account(id).await?,
+                Backend::Postgres(store) => store.account_row(id).await?,
+                Backend::Sqlite(store) => store.account_row(id).await?,
             };
-            row.map(|raw| raw.into_state(id)).transpose()
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            // `held` is the sum of the open holds, written in the same transaction as
+            // they are, and every hold holds a positive amount: with nothing held there
+            // is nothing to look up, which spares nearly every activation a query.
+            let (_, held, ..) = row;
+            let holds = match (&self.backend, held) {
+                (_, 0) => Vec::new(),
+                (Backend::Postgres(store), _) => store.open_holds(id).await?,
+                (Backend::Sqlite(store), _) => store.open_holds(id).await?,
+            };
+            RawAccount::from_row(row, holds).into_state(id).map(Some)
         })
         .await
     }
@@ -989,14 +1001,6 @@ struct RawAccount {
 type AccountRow = (i64, i64, String, i64, i64, Option<i64>, Option<i64>, i64, i64);
 
 impl RawAccount {
-    /// Whether the account of `row` may have open holds to load. Its `held` is the sum
-    /// of its open holds, written in the same transaction as they are, and every hold
-    /// holds a positive amount: with nothing held there is nothing to look up, which
-    /// spares nearly every activation its second query.
-    fn may_hold(row: &AccountRow) -> bool {
-        row.1 != 0
-    }
-
     fn from_row(row: AccountRow, holds: Vec<RawTransaction>) -> Self {
         let (balance, held, status, version, overdraft_limit, max_balance, daily_debit_cap, debit_day, debited_on_day) =
             row;

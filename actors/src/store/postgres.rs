@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::held::HeldConnection;
 use super::history::{Param, Statement};
 use super::{
-    AccountRow, Batch, NewUser, RawAccount, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
+    AccountRow, Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
     TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
     version_i64,
 };
@@ -354,30 +354,26 @@ impl PgStore {
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<RawAccount>> {
-        let row: Option<AccountRow> = sqlx::query_as(
+    pub(super) async fn account_row(&self, id: AccountId) -> anyhow::Result<Option<AccountRow>> {
+        Ok(sqlx::query_as(
             "SELECT amount, held, status, version, overdraft_limit, max_balance, daily_debit_cap, debit_day, \
                     debited_on_day FROM balances WHERE user_id = $1",
         )
         .bind(id.get())
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        if !RawAccount::may_hold(&row) {
-            return Ok(Some(RawAccount::from_row(row, Vec::new())));
-        }
+        .await?)
+    }
+
+    pub(super) async fn open_holds(&self, id: AccountId) -> anyhow::Result<Vec<RawTransaction>> {
         let sql =
             format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE from_user_id = $1 AND status = 'pending'");
-        let holds = sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.get())
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(raw_transaction)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Some(RawAccount::from_row(row, holds)))
+            .collect()
     }
 
     pub(super) async fn write_batch(&self, batch: &Batch) -> anyhow::Result<()> {
