@@ -109,18 +109,49 @@ enum Rewrite {
     Yes,
 }
 
+/// What a batch holds besides new transactions and balance rows; each part the batch
+/// lacks is left out of its statement, so PostgreSQL neither binds its arrays nor sets
+/// up the insert (opening the table and its indexes, preparing its constraints) for no
+/// rows, a fixed cost paid by every group commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Parts {
+    /// Audit rows (status and rule changes).
+    audit: bool,
+    /// Holds written as pending by an earlier batch and settled since.
+    settling: bool,
+}
+
 /// One group commit as one statement (so one transaction): new transactions, balance
-/// rows, audit rows and, when `settling`, holds written as pending by an earlier batch
-/// and settled since. The inserts are data-modifying CTEs, which PostgreSQL runs to
-/// completion whether or not anything reads them, so they return nothing.
-fn write_batch_statement(settling: bool, rewrite: Rewrite) -> String {
+/// rows and, when `parts` says so, audit rows and settled holds. The inserts are
+/// data-modifying CTEs, which PostgreSQL runs to completion whether or not anything
+/// reads them, so they return nothing. Parameters: the transactions' 22 arrays from
+/// `$1`, the balances' 11 from `$23`, then the audit rows' 8 and the settled holds' 22
+/// when present, in that order (as [`PgStore::run_batch`] binds them).
+fn write_batch_statement(parts: Parts, rewrite: Rewrite) -> String {
     let on_conflict = match rewrite {
         Rewrite::No => "",
         Rewrite::Yes => "\n    ON CONFLICT (id) DO NOTHING",
     };
-    let settled = if settling {
+    let mut next = 34;
+    let mut ctes = Vec::new();
+    if parts.audit {
+        let arrays: Vec<String> = ["uuid", "text", "text", "text", "int8", "jsonb", "text", "timestamptz"]
+            .iter()
+            .enumerate()
+            .map(|(offset, kind)| format!("${}::{kind}[]", next + offset))
+            .collect();
+        next += arrays.len();
+        ctes.push(format!(
+            "new_audit AS (
+    INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
+    SELECT * FROM UNNEST({}){on_conflict}
+)",
+            arrays.join(", ")
+        ));
+    }
+    if parts.settling {
         // An upsert only for these few rows (see `Rewrite::No`).
-        format!(
+        ctes.push(format!(
             "settled_holds AS (
     INSERT INTO transactions ({WRITTEN_COLUMNS})
     SELECT * FROM {}
@@ -131,21 +162,16 @@ fn write_batch_statement(settling: bool, rewrite: Rewrite) -> String {
            refund_version = EXCLUDED.refund_version, refund_balance_after = EXCLUDED.refund_balance_after,
            failure_reason = EXCLUDED.failure_reason, completed_at = EXCLUDED.completed_at
      WHERE transactions.status = 'pending'
-), ",
-            unnest_records(42)
-        )
-    } else {
-        String::new()
-    };
+)",
+            unnest_records(next)
+        ));
+    }
+    let others: String = ctes.iter().map(|cte| format!(", {cte}")).collect();
     format!(
-        "WITH {settled}new_transactions AS (
+        "WITH new_transactions AS (
     INSERT INTO transactions ({WRITTEN_COLUMNS})
     SELECT * FROM {new}{on_conflict}
-), new_audit AS (
-    INSERT INTO audit_logs (id, entity_type, entity_id, action, actor_user_id, details, request_id, created_at)
-    SELECT * FROM UNNEST($34::uuid[], $35::text[], $36::text[], $37::text[], $38::int8[], $39::jsonb[],
-                         $40::text[], $41::timestamptz[]){on_conflict}
-)
+){others}
 UPDATE balances AS b
    SET amount = u.amount, held = u.held, status = u.status, version = u.version,
        last_updated_at = u.updated_at, overdraft_limit = u.overdraft_limit,
@@ -160,24 +186,26 @@ UPDATE balances AS b
     )
 }
 
-/// The four batch statements, by whether holds settle and how rows that exist are met.
-static WRITE_BATCH: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
-    [
-        write_batch_statement(false, Rewrite::No),
-        write_batch_statement(true, Rewrite::No),
-        write_batch_statement(false, Rewrite::Yes),
-        write_batch_statement(true, Rewrite::Yes),
-    ]
+/// The eight batch statements, by the parts a batch holds and how rows that exist are
+/// met; indexed by [`batch_statement_index`].
+static WRITE_BATCH: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let mut statements = Vec::with_capacity(8);
+    for rewrite in [Rewrite::No, Rewrite::Yes] {
+        for audit in [false, true] {
+            for settling in [false, true] {
+                statements.push(write_batch_statement(Parts { audit, settling }, rewrite));
+            }
+        }
+    }
+    statements
 });
 
-fn batch_statement(settling: bool, rewrite: Rewrite) -> &'static str {
-    let [plain, plain_settling, again, again_settling] = &*WRITE_BATCH;
-    match (rewrite, settling) {
-        (Rewrite::No, false) => plain,
-        (Rewrite::No, true) => plain_settling,
-        (Rewrite::Yes, false) => again,
-        (Rewrite::Yes, true) => again_settling,
-    }
+fn batch_statement_index(parts: Parts, rewrite: Rewrite) -> usize {
+    usize::from(rewrite == Rewrite::Yes) * 4 + usize::from(parts.audit) * 2 + usize::from(parts.settling)
+}
+
+fn batch_statement(parts: Parts, rewrite: Rewrite) -> &'static str {
+    &WRITE_BATCH[batch_statement_index(parts, rewrite)]
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
@@ -390,10 +418,12 @@ impl PgStore {
 
     async fn run_batch(&self, batch: &Batch, rewrite: Rewrite) -> Result<(), sqlx::Error> {
         let balances = &batch.balances;
-        let audit = AuditColumns::of(&batch.audit);
-        let settling = !batch.settled_holds.is_empty();
+        let parts = Parts {
+            audit: !batch.audit.is_empty(),
+            settling: !batch.settled_holds.is_empty(),
+        };
         let mut query = bind_records(
-            sqlx::query(sqlx::AssertSqlSafe(batch_statement(settling, rewrite))),
+            sqlx::query(sqlx::AssertSqlSafe(batch_statement(parts, rewrite))),
             &batch.transactions,
         )
         .bind(balances.iter().map(|b| b.account.get()).collect::<Vec<_>>())
@@ -406,16 +436,20 @@ impl PgStore {
         .bind(balances.iter().map(|b| b.rules.max_balance).collect::<Vec<_>>())
         .bind(balances.iter().map(|b| b.rules.daily_debit_cap).collect::<Vec<_>>())
         .bind(balances.iter().map(|b| b.usage.day).collect::<Vec<_>>())
-        .bind(balances.iter().map(|b| b.usage.debited).collect::<Vec<_>>())
-        .bind(audit.ids)
-        .bind(audit.entity_types)
-        .bind(audit.entity_ids)
-        .bind(audit.actions)
-        .bind(audit.actor_user_ids)
-        .bind(audit.details)
-        .bind(audit.request_ids)
-        .bind(audit.created_ats);
-        if settling {
+        .bind(balances.iter().map(|b| b.usage.debited).collect::<Vec<_>>());
+        if parts.audit {
+            let audit = AuditColumns::of(&batch.audit);
+            query = query
+                .bind(audit.ids)
+                .bind(audit.entity_types)
+                .bind(audit.entity_ids)
+                .bind(audit.actions)
+                .bind(audit.actor_user_ids)
+                .bind(audit.details)
+                .bind(audit.request_ids)
+                .bind(audit.created_ats);
+        }
+        if parts.settling {
             query = bind_records(query, &batch.settled_holds);
         }
         let Some(held) = &self.held else {
@@ -894,5 +928,51 @@ pub(crate) fn redact(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `$n` placeholders of `sql`, sorted and deduplicated.
+    fn placeholders(sql: &str) -> Vec<usize> {
+        let mut found: Vec<usize> = sql
+            .split('$')
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn every_batch_statement_numbers_its_parameters_in_the_order_they_are_bound() {
+        for rewrite in [Rewrite::No, Rewrite::Yes] {
+            for audit in [false, true] {
+                for settling in [false, true] {
+                    let parts = Parts { audit, settling };
+                    let sql = batch_statement(parts, rewrite);
+                    let bound = 33 + if audit { 8 } else { 0 } + if settling { 22 } else { 0 };
+                    assert_eq!(
+                        placeholders(sql),
+                        (1..=bound).collect::<Vec<_>>(),
+                        "{parts:?} {rewrite:?}"
+                    );
+                    assert_eq!(sql.contains("INSERT INTO audit_logs"), audit, "{parts:?}");
+                    assert_eq!(sql.contains("settled_holds"), settling, "{parts:?}");
+                    assert_eq!(sql.contains("ON CONFLICT (id) DO NOTHING"), rewrite == Rewrite::Yes);
+                    if settling {
+                        let settled = &sql[sql.find("settled_holds").unwrap()..];
+                        let first = if audit { 42 } else { 34 };
+                        assert!(settled.contains(&format!("UNNEST(${first}::uuid[]")), "{sql}");
+                    }
+                }
+            }
+        }
     }
 }
