@@ -1,9 +1,11 @@
 //! The PostgreSQL store: one statement per batch, set-based over UNNESTed arrays.
 //!
 //! A batch is a single statement whose data-modifying CTEs insert the transactions,
-//! update one balance row per account and insert the audit rows; as one statement it is
-//! one implicit transaction and one round trip, so a group commit costs one fsync.
+//! update one balance row per account and, when the batch has any, insert the audit rows:
+//! as one statement it is one implicit transaction and one round trip, so a group commit
+//! costs one fsync.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -95,7 +97,7 @@ fn unnest_records(first: usize) -> String {
 }
 
 /// How a batch statement treats rows that already exist.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Rewrite {
     /// Plain inserts: a row that already exists fails the statement. Every first
     /// attempt, which is nearly every batch: `ON CONFLICT` makes PostgreSQL probe the
@@ -113,7 +115,7 @@ enum Rewrite {
 /// lacks is left out of its statement, so PostgreSQL neither binds its arrays nor sets
 /// up the insert (opening the table and its indexes, preparing its constraints) for no
 /// rows, a fixed cost paid by every group commit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Parts {
     /// Audit rows (status and rule changes).
     audit: bool,
@@ -187,25 +189,22 @@ UPDATE balances AS b
 }
 
 /// The eight batch statements, by the parts a batch holds and how rows that exist are
-/// met; indexed by [`batch_statement_index`].
-static WRITE_BATCH: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    let mut statements = Vec::with_capacity(8);
+/// met.
+static WRITE_BATCH: std::sync::LazyLock<HashMap<(Parts, Rewrite), String>> = std::sync::LazyLock::new(|| {
+    let mut statements = HashMap::new();
     for rewrite in [Rewrite::No, Rewrite::Yes] {
         for audit in [false, true] {
             for settling in [false, true] {
-                statements.push(write_batch_statement(Parts { audit, settling }, rewrite));
+                let parts = Parts { audit, settling };
+                statements.insert((parts, rewrite), write_batch_statement(parts, rewrite));
             }
         }
     }
     statements
 });
 
-fn batch_statement_index(parts: Parts, rewrite: Rewrite) -> usize {
-    usize::from(rewrite == Rewrite::Yes) * 4 + usize::from(parts.audit) * 2 + usize::from(parts.settling)
-}
-
 fn batch_statement(parts: Parts, rewrite: Rewrite) -> &'static str {
-    &WRITE_BATCH[batch_statement_index(parts, rewrite)]
+    &WRITE_BATCH[&(parts, rewrite)]
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
