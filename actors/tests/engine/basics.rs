@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use tally_actors::account::DailyUsage;
 use tally_actors::store::Batch;
 use tally_actors::{
-    AccountId, Engine, EngineError, ManualClock, MoveRequest, Placement, Refusal, TransactionKind, TransactionStatus,
+    AccountEffect, AccountId, AccountRules, AccountStatus, Engine, EngineError, ManualClock, MoveRequest, Placement,
+    Refusal, TransactionKind, TransactionStatus,
 };
 use tokio::task::JoinSet;
 
@@ -182,7 +184,66 @@ async fn a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones(backend:
     engine.shutdown().await;
 }
 
+/// A batch that fails part-way (here its balance row breaks a CHECK constraint after its
+/// transaction row was inserted) leaves nothing of itself behind, and the same store,
+/// the persister's held connection included, writes the next batch.
+async fn a_batch_that_fails_part_way_leaves_nothing_and_the_next_one_is_written(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    open_accounts(&engine, 2, 100_00).await;
+    let written = engine
+        .execute(MoveRequest::transfer(account(1), account(2), amount(30_00)))
+        .await
+        .unwrap();
+    let before = engine.store().balance_sum().await.unwrap();
+    let writer = engine.store().writer(&db.url).unwrap();
+    // Reads go through the engine's pool: the writer's one connection is held.
+    let reads = engine.store();
+    for store in [engine.store(), &writer] {
+        let count = reads.transaction_count().await.unwrap();
+        let mut record = written.clone();
+        record.id = uuid::Uuid::now_v7();
+        let effect = |overdraft_limit: i64| AccountEffect {
+            account: account(1),
+            version: 1_000,
+            balance: 1,
+            held: 0,
+            status: AccountStatus::Active,
+            rules: AccountRules {
+                overdraft_limit,
+                max_balance: None,
+                daily_debit_cap: None,
+            },
+            usage: DailyUsage::default(),
+            at: written.created_at,
+        };
+        let broken = Batch {
+            transactions: vec![record.clone()],
+            balances: vec![effect(-1)],
+            ..Batch::default()
+        };
+        assert!(
+            store.write_batch(&broken).await.is_err(),
+            "a negative overdraft limit breaks a CHECK"
+        );
+        assert_eq!(reads.transaction(record.id).await.unwrap(), None, "rolled back whole");
+        assert_eq!(reads.transaction_count().await.unwrap(), count);
+        assert_eq!(reads.balance_sum().await.unwrap(), before, "no balance row moved");
+
+        let mut next = written.clone();
+        next.id = uuid::Uuid::now_v7();
+        let fine = Batch {
+            transactions: vec![next.clone()],
+            ..Batch::default()
+        };
+        store.write_batch(&fine).await.unwrap();
+        assert_eq!(reads.transaction(next.id).await.unwrap(), Some(next));
+    }
+    engine.shutdown().await;
+}
+
 on_both_stores!(
+    a_batch_that_fails_part_way_leaves_nothing_and_the_next_one_is_written,
     a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones,
     a_transfer_moves_money_and_is_journaled_with_balances_after,
     a_debit_beyond_the_balance_is_recorded_as_failed_and_moves_nothing,
