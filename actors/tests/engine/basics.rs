@@ -6,7 +6,7 @@ use tally_actors::account::DailyUsage;
 use tally_actors::store::Batch;
 use tally_actors::{
     AccountEffect, AccountId, AccountRules, AccountStatus, Engine, EngineError, ManualClock, MoveRequest, Placement,
-    Refusal, TransactionKind, TransactionStatus,
+    Refusal, TransactionKind, TransactionRecord, TransactionStatus,
 };
 use tokio::task::JoinSet;
 
@@ -154,9 +154,9 @@ async fn a_full_mailbox_answers_overloaded_instead_of_queueing(backend: Backend)
     assert_store_invariants(&tally_actors::Store::connect(&db.url, 1).await.unwrap()).await;
 }
 
-/// A batch whose commit may have happened before the connection broke is written
-/// again: the rows already there stay as they are, the others are written.
-async fn a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones(backend: Backend) {
+/// A fresh store with two accounts of 100.00 and one durable transfer of 30.00 between
+/// them: the engine and the transfer's record.
+async fn one_transfer_written(backend: Backend) -> (TestDb, Engine, TransactionRecord) {
     let db = TestDb::create(backend).await;
     let engine = Engine::open(config(&db.url)).await.unwrap();
     open_accounts(&engine, 2, 100_00).await;
@@ -164,6 +164,13 @@ async fn a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones(backend:
         .execute(MoveRequest::transfer(account(1), account(2), amount(30_00)))
         .await
         .unwrap();
+    (db, engine, written)
+}
+
+/// A batch whose commit may have happened before the connection broke is written
+/// again: the rows already there stay as they are, the others are written.
+async fn a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones(backend: Backend) {
+    let (_db, engine, written) = one_transfer_written(backend).await;
     let count = engine.store().transaction_count().await.unwrap();
 
     let mut changed = written.clone();
@@ -188,13 +195,7 @@ async fn a_batch_written_again_keeps_its_rows_and_adds_the_missing_ones(backend:
 /// transaction row was inserted) leaves nothing of itself behind, and the same store,
 /// the persister's held connection included, writes the next batch.
 async fn a_batch_that_fails_part_way_leaves_nothing_and_the_next_one_is_written(backend: Backend) {
-    let db = TestDb::create(backend).await;
-    let engine = Engine::open(config(&db.url)).await.unwrap();
-    open_accounts(&engine, 2, 100_00).await;
-    let written = engine
-        .execute(MoveRequest::transfer(account(1), account(2), amount(30_00)))
-        .await
-        .unwrap();
+    let (db, engine, written) = one_transfer_written(backend).await;
     let before = engine.store().balance_sum().await.unwrap();
     let writer = engine.store().writer(&db.url).unwrap();
     // Reads go through the engine's pool: the writer's one connection is held.
