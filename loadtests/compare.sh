@@ -5,13 +5,16 @@
 # to back for each shape (uniform over N accounts; a hot set of K), at one concurrency;
 # then, strict and uniform, an open-loop run at half the closed-loop peak (p99 corrected
 # for coordinated omission) and the same closed-loop run on the embedded SQLite store.
+# The baseline also runs at fewer clients (--baseline-clients), because PostgreSQL peaks
+# below 64 here: the ratios against its best client count are written beside the targets'.
 # Writes the table, the targets, the machine and the command into BENCHMARKS.md.
 #
 #   loadtests/compare.sh [--users 100000] [--hot 10] [--concurrency 64] [--duration 15]
+#                        [--baseline-clients "4 16 32"]
 #                        [--database-url postgres://postgres@127.0.0.1:5432/postgres]
 #                        [--port 18480] [--output target/compare] [--skip-build]
 #
-# The default run takes about 8 minutes after the build (add about 6 minutes for a
+# The default run takes about 10 minutes after the build (add about 10 minutes for a
 # clean release build on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,7 @@ USERS=100000
 HOT=10
 CONCURRENCY=64
 DURATION=15
+BASELINE_CLIENTS="4 16 32"
 SERVER_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 PORT=18480
 OUTPUT=""
@@ -31,11 +35,12 @@ while [ $# -gt 0 ]; do
         --hot) HOT="$2"; shift 2 ;;
         --concurrency) CONCURRENCY="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
+        --baseline-clients) BASELINE_CLIENTS="$2"; shift 2 ;;
         --database-url) SERVER_URL="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
         --output) OUTPUT="$2"; shift 2 ;;
         --skip-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -180,6 +185,7 @@ log "plain PostgreSQL: fresh database $BASELINE_DB"
 psql -q "$SERVER_URL" -c "CREATE DATABASE $BASELINE_DB"
 psql -q "$(database_url "$BASELINE_DB")" -v accounts="$USERS" -v initial_balance="$INITIAL_BALANCE_MINOR" \
     -f loadtests/baseline/setup.sql
+declare -A BASELINE_BY_CLIENTS BASELINE_BEST BASELINE_BEST_CLIENTS
 for shape in "${SHAPES[@]}"; do
     range=$USERS
     [ "$shape" = hot ] && range=$HOT
@@ -195,6 +201,23 @@ for shape in "${SHAPES[@]}"; do
         awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.1f", v[i]/1000}')
     THROUGHPUT["postgres-$shape"]=$(printf '%.0f' "$tps")
     P99["postgres-$shape"]=$p99
+    BASELINE_BY_CLIENTS["$shape-$CONCURRENCY"]=${THROUGHPUT[postgres-$shape]}
+    BASELINE_BEST[$shape]=${THROUGHPUT[postgres-$shape]}
+    BASELINE_BEST_CLIENTS[$shape]=$CONCURRENCY
+    # The same load from fewer clients: the most the baseline does on this machine.
+    for clients in $BASELINE_CLIENTS; do
+        log "plain PostgreSQL, $shape: pgbench, $clients clients for ${DURATION}s"
+        checkpoint
+        pgbench -n -M prepared -c "$clients" -j 2 -T "$DURATION" -D range="$range" \
+            -f loadtests/baseline/transfer.sql "$(database_url "$BASELINE_DB")" |
+            tee "$OUTPUT/pgbench-$shape-$clients-clients.txt"
+        tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$OUTPUT/pgbench-$shape-$clients-clients.txt" | tail -1)
+        BASELINE_BY_CLIENTS["$shape-$clients"]=$(printf '%.0f' "$tps")
+        if [ "${BASELINE_BY_CLIENTS[$shape-$clients]}" -gt "${BASELINE_BEST[$shape]}" ]; then
+            BASELINE_BEST[$shape]=${BASELINE_BY_CLIENTS[$shape-$clients]}
+            BASELINE_BEST_CLIENTS[$shape]=$clients
+        fi
+    done
 done
 balance_check=$(psql -tA "$(database_url "$BASELINE_DB")" -c \
     "SELECT sum(balance) = $USERS::bigint * $INITIAL_BALANCE_MINOR AND min(balance) >= 0 FROM baseline_accounts")
@@ -234,6 +257,22 @@ row() { # label key
     echo "| open loop at half the uniform peak ($OPEN_RATE requests/s): p99 ≤ 20 ms, corrected for coordinated omission | p99 $OPEN_P99 ms ($OPEN_TPS answered/s) |"
     echo "| embedded SQLite store ≥ 50 % of the PostgreSQL figure (uniform, strict) | $SQLITE_TPS transfers/s, p99 $SQLITE_P99 ms: $(python3 -c "import math; print(f'{math.floor(1000 * $SQLITE_TPS / max(${THROUGHPUT[strict-uniform]}, 1)) / 10:.1f}')") % |"
     echo
+    clients_sorted=$(printf '%s\n' $BASELINE_CLIENTS "$CONCURRENCY" | sort -n | uniq | tr '\n' ' ')
+    echo "The targets take the baseline at $CONCURRENCY clients, as Tally. The same baseline, same run, by"
+    echo "client count (fewer clients wait less on one another's row locks and commits):"
+    echo
+    echo "| plain PostgreSQL, clients |$(for c in $clients_sorted; do printf ' %s |' "$c"; done)"
+    echo "|---|$(for _ in $clients_sorted; do printf -- '---|'; done)"
+    for shape in "${SHAPES[@]}"; do
+        label="uniform: transfers/s"
+        [ "$shape" = hot ] && label="hot set: transfers/s"
+        echo "| $label |$(for c in $clients_sorted; do printf ' %s |' "${BASELINE_BY_CLIENTS[$shape-$c]}"; done)"
+    done
+    echo
+    echo "Against the baseline at its best client count, Tally strict at $CONCURRENCY clients is"
+    echo "$(ratio "${THROUGHPUT[strict-uniform]}" "${BASELINE_BEST[uniform]}")× on uniform traffic (best: ${BASELINE_BEST[uniform]} transfers/s at ${BASELINE_BEST_CLIENTS[uniform]} clients) and"
+    echo "$(ratio "${THROUGHPUT[strict-hot]}" "${BASELINE_BEST[hot]}")× on the hot set (best: ${BASELINE_BEST[hot]} at ${BASELINE_BEST_CLIENTS[hot]} clients)."
+    echo
     echo "* Tally's figures are whole HTTP requests from \`tally-loadtest run\` (release build) over"
     echo "  the loopback: login-issued JWT on every request, JSON in and out, idempotency keys off;"
     echo "  every run was followed by its verification (all checks passed). Its throughput counts"
@@ -254,7 +293,7 @@ row() { # label key
     echo "PostgreSQL $postgres on the same host (synchronous_commit=$sync_commit). Measured $(date -u +%Y-%m-%d)"
     echo "at commit $(git rev-parse --short HEAD)."
     echo
-    echo "Reproduce (about 5 minutes after the release build; durations and sizes are flags):"
+    echo "Reproduce (about 10 minutes after the release build; durations and sizes are flags):"
     echo
     echo '```sh'
     echo "$COMMAND"
