@@ -245,6 +245,20 @@ fn bind_records<'q>(query: PgQuery<'q>, records: &[TransactionRecord]) -> PgQuer
         .bind(records.iter().map(|t| t.leg.map(|leg| leg as i32)).collect::<Vec<_>>())
 }
 
+/// Bind the eight columns of `entries` as arrays, in the order of the audit_logs inserts.
+fn bind_audit<'q>(query: PgQuery<'q>, entries: &'q [AuditEntry]) -> PgQuery<'q> {
+    let audit = AuditColumns::of(entries);
+    query
+        .bind(audit.ids)
+        .bind(audit.entity_types)
+        .bind(audit.entity_ids)
+        .bind(audit.actions)
+        .bind(audit.actor_user_ids)
+        .bind(audit.details)
+        .bind(audit.request_ids)
+        .bind(audit.created_ats)
+}
+
 /// A user, its account and its audit row: one statement, so one transaction. The
 /// account and audit inserts read the new id from the users insert.
 const CREATE_USER: &str = "
@@ -437,16 +451,7 @@ impl PgStore {
         .bind(balances.iter().map(|b| b.usage.day).collect::<Vec<_>>())
         .bind(balances.iter().map(|b| b.usage.debited).collect::<Vec<_>>());
         if parts.audit {
-            let audit = AuditColumns::of(&batch.audit);
-            query = query
-                .bind(audit.ids)
-                .bind(audit.entity_types)
-                .bind(audit.entity_ids)
-                .bind(audit.actions)
-                .bind(audit.actor_user_ids)
-                .bind(audit.details)
-                .bind(audit.request_ids)
-                .bind(audit.created_ats);
+            query = bind_audit(query, &batch.audit);
         }
         if parts.settling {
             query = bind_records(query, &batch.settled_holds);
@@ -708,16 +713,7 @@ impl PgStore {
     }
 
     pub(super) async fn append_audit(&self, entries: &[AuditEntry]) -> anyhow::Result<()> {
-        let audit = AuditColumns::of(entries);
-        sqlx::query(INSERT_AUDIT)
-            .bind(audit.ids)
-            .bind(audit.entity_types)
-            .bind(audit.entity_ids)
-            .bind(audit.actions)
-            .bind(audit.actor_user_ids)
-            .bind(audit.details)
-            .bind(audit.request_ids)
-            .bind(audit.created_ats)
+        bind_audit(sqlx::query(INSERT_AUDIT), entries)
             .execute(&self.pool)
             .await
             .context("inserting audit rows")?;
