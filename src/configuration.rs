@@ -376,6 +376,9 @@ impl Settings {
                 durable_wait_max: env.millis("TALLY_DURABLE_WAIT_MS", defaults.durable_wait_max)?,
                 read_connections_max: env.positive("TALLY_DB_CONNECTIONS", defaults.read_connections_max as usize)?
                     as u32,
+                sqlite_wal_pages_max: env
+                    .positive("TALLY_SQLITE_WAL_PAGES_MAX", defaults.sqlite_wal_pages_max as usize)?
+                    .min(u32::MAX as usize) as u32,
                 ..defaults
             },
         })
@@ -411,6 +414,7 @@ mod tests {
             ("TALLY_DURABILITY", "sometimes", "strict or relaxed"),
             ("TALLY_BATCH_SIZE_MAX", "0", "positive"),
             ("TALLY_FLUSH_DELAY_MS", "-3", "milliseconds"),
+            ("TALLY_SQLITE_WAL_PAGES_MAX", "0", "positive"),
             ("LOG_FORMAT", "xml", "json or pretty"),
             ("TALLY_ENV", "staging", "production or development"),
             ("TALLY_ADMIN_USERNAME", "root", "TALLY_ADMIN_PASSWORD"),
@@ -446,5 +450,16 @@ mod tests {
             Settings::from_environment(&env).unwrap().engine.durability,
             Durability::Relaxed
         );
+    }
+
+    #[test]
+    fn the_sqlite_log_limit_is_read_from_the_environment() {
+        let env = Environment::from_pairs([("TALLY_SQLITE_WAL_PAGES_MAX", "2048")]);
+        assert_eq!(
+            Settings::from_environment(&env).unwrap().engine.sqlite_wal_pages_max,
+            2048
+        );
+        let defaults = Settings::from_environment(&Environment::default()).unwrap();
+        assert_eq!(defaults.engine.sqlite_wal_pages_max, 32_768);
     }
 }

@@ -85,6 +85,10 @@ pub struct EngineConfig {
     pub batch_legs_max: usize,
     /// How often the engine looks for holds past their expiry.
     pub hold_expiry_interval: Duration,
+    /// SQLite only: once the write-ahead log holds this many pages, the engine's
+    /// background checkpoint empties it (see [`crate::Store::checkpoint`]); without that
+    /// it only grows while writes keep coming.
+    pub sqlite_wal_pages_max: u32,
 }
 
 impl Default for EngineConfig {
@@ -98,6 +102,7 @@ impl Default for EngineConfig {
             mailbox_capacity: 1_024,
             passivation_idle: Duration::from_secs(300),
             passivation_check_interval: Duration::from_secs(30),
+            sqlite_wal_pages_max: 32_768,
             placement: Placement::Arbiters(
                 std::thread::available_parallelism()
                     .map(|cores| cores.get())

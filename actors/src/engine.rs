@@ -983,12 +983,13 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// commits never wait for one. Stops with the engine.
 fn start_checkpoints(shared: &Arc<Shared>) {
     let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wal_pages_max = shared.config.sqlite_wal_pages_max;
     crate::shared::every(shared, CHECKPOINT_INTERVAL, move |shared| {
         if !running.swap(true, Ordering::AcqRel) {
             let store = shared.store.clone();
             let running = running.clone();
             tokio::spawn(async move {
-                if let Err(error) = store.checkpoint().await {
+                if let Err(error) = store.checkpoint(wal_pages_max).await {
                     tracing::warn!(
                         error = format!("{error:#}"),
                         "SQLite checkpoint failed; the next one tries again"

@@ -241,11 +241,12 @@ impl Store {
     }
 
     /// On SQLite, checkpoint the write-ahead log from a pool connection (the persister's
-    /// own connection leaves that to this); nothing to do on PostgreSQL.
-    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+    /// own connection leaves that to this), and empty the log once it holds
+    /// `wal_pages_max` pages; nothing to do on PostgreSQL.
+    pub async fn checkpoint(&self, wal_pages_max: u32) -> anyhow::Result<()> {
         match &self.backend {
             Backend::Postgres(_) => Ok(()),
-            Backend::Sqlite(store) => self.observed("checkpoint", store.checkpoint()).await,
+            Backend::Sqlite(store) => self.observed("checkpoint", store.checkpoint(wal_pages_max)).await,
         }
     }
 
