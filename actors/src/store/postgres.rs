@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use sqlx::FromRow;
 use sqlx::error::ErrorKind;
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, Postgres};
 use uuid::Uuid;
@@ -666,25 +667,18 @@ impl PgStore {
         audit: &[AuditEntry],
         now: DateTime<Utc>,
     ) -> Result<Option<RawUser>, UserWriteError> {
-        let audit = AuditColumns::of(audit);
-        let row: Option<UserRow> = sqlx::query_as(UPDATE_USER)
+        let query = sqlx::query(UPDATE_USER)
             .bind(id)
             .bind(&changes.username)
             .bind(&changes.email)
             .bind(&changes.password_hash)
             .bind(changes.role.map(|role| role.as_str()))
-            .bind(now)
-            .bind(audit.ids)
-            .bind(audit.entity_types)
-            .bind(audit.entity_ids)
-            .bind(audit.actions)
-            .bind(audit.actor_user_ids)
-            .bind(audit.details)
-            .bind(audit.request_ids)
-            .bind(audit.created_ats)
+            .bind(now);
+        let row: Option<UserRow> = bind_audit(query, audit)
             .bind(changes.bump_token_version)
             .fetch_optional(&self.pool)
             .await
+            .and_then(|row| row.as_ref().map(UserRow::from_row).transpose())
             .map_err(|error| write_error(error, "updating a user"))?;
         Ok(row.map(raw_user))
     }
