@@ -14,6 +14,7 @@
 //! The invariants it keeps are those of design.md §11; [`Store::verify`] checks them.
 
 pub mod account;
+mod ack;
 mod actor;
 pub mod batch;
 pub mod clock;

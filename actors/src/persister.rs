@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use dashmap::DashMap;
 use serde::Serialize;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::account::AccountEffect;
@@ -87,7 +86,7 @@ pub(crate) struct PendingWrite {
     pub applied_at: Instant,
     /// Resolved once the write is durable; dropped unresolved if the persister stops
     /// without writing it.
-    pub ack: Option<oneshot::Sender<()>>,
+    pub ack: Option<crate::ack::AckSender>,
     /// The operation that made this write; the batch that makes it durable links to it.
     pub span: tracing::Span,
 }
@@ -262,9 +261,9 @@ impl Persister {
         mut reservation: Reservation,
         mut write: PendingWrite,
         wants_ack: bool,
-    ) -> Option<oneshot::Receiver<()>> {
+    ) -> Option<crate::ack::Durable> {
         let receiver = if wants_ack {
-            let (ack, receiver) = oneshot::channel();
+            let (ack, receiver) = crate::ack::channel();
             write.ack = Some(ack);
             Some(receiver)
         } else {
@@ -533,14 +532,14 @@ impl Writer {
         self.shared.writes_durable.fetch_add(count as u64, Ordering::Relaxed);
         *self.shared.last_batch.lock().expect("status lock") = (count, took);
         let metrics = &self.shared.metrics;
+        let mut acks = Vec::with_capacity(writes.len());
         for write in writes {
             metrics
                 .persister_durable_lag
                 .observe(write.applied_at.elapsed().as_secs_f64());
-            if let Some(ack) = write.ack {
-                let _ = ack.send(());
-            }
+            acks.extend(write.ack);
         }
+        crate::ack::acknowledge(acks);
     }
 }
 
