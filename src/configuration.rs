@@ -164,6 +164,11 @@ impl Environment {
         let millis: u64 = self.parse(name, default.as_millis() as u64, "a whole number of milliseconds")?;
         Ok(Duration::from_millis(millis))
     }
+
+    fn micros(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let micros: u64 = self.parse(name, default.as_micros() as u64, "a whole number of microseconds")?;
+        Ok(Duration::from_micros(micros))
+    }
 }
 
 impl Settings {
@@ -366,6 +371,7 @@ impl Settings {
                 durability,
                 batch_size_max: env.positive("TALLY_BATCH_SIZE_MAX", defaults.batch_size_max)?,
                 flush_delay_max: env.millis("TALLY_FLUSH_DELAY_MS", defaults.flush_delay_max)?,
+                under_way_wait_max: env.micros("TALLY_FLUSH_UNDER_WAY_US", defaults.under_way_wait_max)?,
                 queue_capacity: env.positive("TALLY_QUEUE_CAPACITY", defaults.queue_capacity)?,
                 mailbox_capacity: env.positive("TALLY_MAILBOX_CAPACITY", defaults.mailbox_capacity)?,
                 passivation_idle: Duration::from_secs(env.positive(
@@ -414,6 +420,7 @@ mod tests {
             ("TALLY_DURABILITY", "sometimes", "strict or relaxed"),
             ("TALLY_BATCH_SIZE_MAX", "0", "positive"),
             ("TALLY_FLUSH_DELAY_MS", "-3", "milliseconds"),
+            ("TALLY_FLUSH_UNDER_WAY_US", "0.5", "microseconds"),
             ("TALLY_SQLITE_WAL_PAGES_MAX", "0", "positive"),
             ("LOG_FORMAT", "xml", "json or pretty"),
             ("TALLY_ENV", "staging", "production or development"),

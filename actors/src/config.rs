@@ -57,6 +57,11 @@ pub struct EngineConfig {
     /// How long the persister waits for more writes after the first one of a batch
     /// arrived. Zero: write at once; batches still form while the previous one commits.
     pub flush_delay_max: Duration,
+    /// How long a batch waits for writes already under way: places taken in the queue by
+    /// operations still being applied, whose writes arrive within microseconds. Under
+    /// concurrent load this merges what would be a small batch into the next large one
+    /// (each commit costs a round trip and a sync); a lone write never waits. Zero: never.
+    pub under_way_wait_max: Duration,
     /// Writes accepted but not yet durable. When full, new writes are refused with
     /// "unavailable" instead of growing memory while the database is slow or down.
     pub queue_capacity: usize,
@@ -98,6 +103,7 @@ impl Default for EngineConfig {
             durability: Durability::Strict,
             batch_size_max: 4_096,
             flush_delay_max: Duration::ZERO,
+            under_way_wait_max: Duration::from_micros(400),
             queue_capacity: 100_000,
             mailbox_capacity: 1_024,
             passivation_idle: Duration::from_secs(300),

@@ -91,6 +91,9 @@ pub(crate) struct PendingWrite {
     pub span: tracing::Span,
 }
 
+/// How often a batch waiting for writes under way checks whether any still are.
+const UNDER_WAY_RECHECK: Duration = Duration::from_micros(50);
+
 enum Command {
     Write(Box<PendingWrite>),
     /// Write everything queued, then stop.
@@ -203,6 +206,7 @@ impl Persister {
             shared: shared.clone(),
             batch_size_max: config.batch_size_max.max(1),
             flush_delay_max: config.flush_delay_max,
+            under_way_wait_max: config.under_way_wait_max,
             backoff_min: config.retry_backoff_min,
             backoff_max: config.retry_backoff_max,
             pending: Vec::new(),
@@ -344,6 +348,7 @@ struct Writer {
     shared: Arc<PersisterShared>,
     batch_size_max: usize,
     flush_delay_max: Duration,
+    under_way_wait_max: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
     /// Writes received and not yet written: some wait for writes they depend on.
@@ -405,7 +410,9 @@ impl Writer {
     }
 
     /// Receive what is available (blocking while there is nothing to write), at most
-    /// `batch_size_max` new writes. Returns whether every sender is gone.
+    /// `batch_size_max` new writes, waiting up to `flush_delay_max` for more and up to
+    /// `under_way_wait_max` while writes are under way. Returns whether every sender is
+    /// gone.
     fn gather(&mut self) -> bool {
         let mut received = 0;
         // Block when there is nothing to do: the queue is empty, or everything pending
@@ -416,19 +423,30 @@ impl Writer {
                 Err(_) => return true,
             }
         }
-        let linger_until = Instant::now() + self.flush_delay_max;
+        let started = Instant::now();
+        let linger_until = started + self.flush_delay_max;
+        let under_way_until = started + self.under_way_wait_max;
         while received < self.batch_size_max {
             match self.receiver.try_recv() {
                 Ok(command) => received += self.accept(command),
                 Err(TryRecvError::Disconnected) => return true,
                 Err(TryRecvError::Empty) => {
                     let now = Instant::now();
-                    if self.flushing || now >= linger_until {
+                    // Places taken and not yet here: writes being applied right now.
+                    let under_way = self.shared.queued.load(Ordering::Acquire) > self.pending.len();
+                    let until = if under_way {
+                        linger_until.max(under_way_until)
+                    } else {
+                        linger_until
+                    };
+                    if self.flushing || now >= until {
                         break;
                     }
-                    match self.receiver.recv_timeout(linger_until - now) {
+                    // In short slices, to stop waiting as soon as nothing is under way
+                    // (an operation refused before its write gives its place back).
+                    match self.receiver.recv_timeout((until - now).min(UNDER_WAY_RECHECK)) {
                         Ok(command) => received += self.accept(command),
-                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Timeout) => continue,
                         Err(RecvTimeoutError::Disconnected) => return true,
                     }
                 }
@@ -751,6 +769,63 @@ mod tests {
             .iter()
             .map(|write| write.effects.iter().map(|e| (e.account.get(), e.version)).collect())
             .collect()
+    }
+
+    /// A batch waits for a write whose place in the queue is taken while it is being
+    /// applied, stops waiting when that place is given back, and a lone write never waits.
+    #[tokio::test]
+    async fn a_batch_waits_for_writes_under_way_and_only_for_them() {
+        use crate::testing::{Backend, TestDb};
+        let db = TestDb::create(Backend::Sqlite).await;
+        let store = Store::connect(&db.url, 2).await.unwrap();
+        let wait = Duration::from_secs(5);
+        let config = EngineConfig {
+            database_url: db.url.clone(),
+            under_way_wait_max: wait,
+            ..EngineConfig::default()
+        };
+        let persister = Persister::start(
+            &store,
+            &config,
+            Arc::default(),
+            EngineMetrics::new(),
+            ListenerSlot::default(),
+        )
+        .unwrap();
+        let written = |expected: u64, what: &str| assert_eq!(persister.status().batches_written, expected, "{what}");
+
+        let started = Instant::now();
+        let lone = persister
+            .submit(persister.reserve().unwrap(), write(&[]), true)
+            .unwrap();
+        lone.await.unwrap();
+        assert!(started.elapsed() < wait, "a lone write waited: {:?}", started.elapsed());
+        written(1, "the lone write");
+
+        let (first, second) = (persister.reserve().unwrap(), persister.reserve().unwrap());
+        let first = persister.submit(first, write(&[]), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = persister.submit(second, write(&[]), true).unwrap();
+        first.await.unwrap();
+        second.await.unwrap();
+        written(
+            2,
+            "the second write, under way while the first waited, joined its batch",
+        );
+
+        let (given_back, taken) = (persister.reserve().unwrap(), persister.reserve().unwrap());
+        let started = Instant::now();
+        let taken = persister.submit(taken, write(&[]), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(given_back);
+        taken.await.unwrap();
+        assert!(
+            started.elapsed() < wait,
+            "waited for a place given back: {:?}",
+            started.elapsed()
+        );
+        written(3, "the write after the place given back");
+        persister.flush_and_stop(wait);
     }
 
     #[test]
