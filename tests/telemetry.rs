@@ -119,18 +119,21 @@ async fn a_transfer_is_traced_from_the_request_to_the_batch_that_made_it_durable
         .unwrap();
     assert_eq!(transferred.status(), 201);
 
-    // Spans are exported in batches: flush until the batch span has arrived.
+    // Spans are exported in batches: flush until the request's span and the batch span
+    // linking to its trace have arrived (the batch ends after the caller heard back, and
+    // batches of earlier writes link to other traces).
     let mut spans = Vec::new();
     for _ in 0..50 {
         telemetry.flush();
         spans = received.lock().unwrap().clone();
-        let request_seen = spans
+        let request_trace = spans
             .iter()
-            .any(|span| attribute(span, "request_id").as_deref() == Some("trace-me-7"));
-        if request_seen
+            .find(|span| attribute(span, "request_id").as_deref() == Some("trace-me-7"))
+            .map(|span| span.trace_id.clone());
+        if let Some(trace) = &request_trace
             && spans
                 .iter()
-                .any(|span| span.name == "persister.batch" && !span.links.is_empty())
+                .any(|span| span.name == "persister.batch" && span.links.iter().any(|link| link.trace_id == *trace))
         {
             break;
         }
