@@ -266,10 +266,10 @@ impl Persister {
         mut write: PendingWrite,
         wants_ack: bool,
     ) -> Option<crate::ack::Durable> {
-        let receiver = if wants_ack {
-            let (ack, receiver) = crate::ack::channel();
+        let durable = if wants_ack {
+            let (ack, durable) = crate::ack::channel();
             write.ack = Some(ack);
-            Some(receiver)
+            Some(durable)
         } else {
             None
         };
@@ -279,7 +279,7 @@ impl Persister {
             // durable, and the dropped ack tells a waiting caller so.
             self.shared.release(1);
         }
-        receiver
+        durable
     }
 
     pub fn status(&self) -> PersisterStatus {

@@ -105,6 +105,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a truncating checkpoint waits for the writer and for readers of the log.
 const TRUNCATE_WAIT: Duration = Duration::from_millis(250);
 
+/// How long statements on `connection` wait for a lock another connection holds.
+async fn set_busy_timeout(connection: &mut sqlx::SqliteConnection, wait: Duration) -> Result<(), sqlx::Error> {
+    let pragma = format!("PRAGMA busy_timeout = {}", wait.as_millis());
+    sqlx::query(sqlx::AssertSqlSafe(pragma)).execute(connection).await?;
+    Ok(())
+}
+
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
@@ -188,17 +195,11 @@ impl SqliteStore {
         if log_pages < i64::from(wal_pages_max) {
             return Ok(());
         }
-        let wait = format!("PRAGMA busy_timeout = {}", TRUNCATE_WAIT.as_millis());
-        sqlx::query(sqlx::AssertSqlSafe(wait)).execute(&mut *connection).await?;
+        set_busy_timeout(&mut connection, TRUNCATE_WAIT).await?;
         let truncated = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
             .fetch_one(&mut *connection)
             .await;
-        let usual = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
-        if sqlx::query(sqlx::AssertSqlSafe(usual))
-            .execute(&mut *connection)
-            .await
-            .is_err()
-        {
+        if set_busy_timeout(&mut connection, BUSY_TIMEOUT).await.is_err() {
             // Not back in the pool with the short wait.
             connection.close_on_drop();
         }
