@@ -42,6 +42,8 @@ const EVENTS_CHANNEL: &str = "events";
 
 /// Purge expired entries from the deny list once it grows past this many.
 const DENY_LIST_PURGE_THRESHOLD: usize = 10_000;
+/// The most access tokens remembered as verified; past it, the memory starts afresh.
+const VERIFIED_TOKENS_MAX: usize = 32_768;
 
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
@@ -120,6 +122,56 @@ impl DenyList {
     }
 }
 
+/// Whether a token expiring at `exp` is past its expiry at `now`, with the leeway: the
+/// test the token library applies when it decodes one.
+fn expired(exp: i64, now: i64) -> bool {
+    exp < now - LEEWAY_SECONDS as i64
+}
+
+/// Access tokens whose signature, algorithm, issuer, audience and type were checked, by
+/// their text. A client sends the same token with every request for its lifetime, and
+/// checking the HMAC and decoding and parsing the token again each time cost more than
+/// the rest of authentication together. Only what the text fixes comes from here: the
+/// expiry is checked at every use, and revocation (deny list, token version) after.
+#[derive(Debug)]
+struct VerifiedTokens {
+    tokens: DashMap<Box<str>, Arc<Claims>>,
+    capacity: usize,
+}
+
+impl VerifiedTokens {
+    fn new(capacity: usize) -> VerifiedTokens {
+        VerifiedTokens {
+            tokens: DashMap::new(),
+            capacity,
+        }
+    }
+
+    /// The claims of `token` when it was verified before and has not expired at `now`.
+    fn get(&self, token: &str, now: i64) -> Option<Arc<Claims>> {
+        let claims = Arc::clone(self.tokens.get(token)?.value());
+        if expired(claims.exp, now) {
+            self.tokens.remove(token);
+            return None;
+        }
+        Some(claims)
+    }
+
+    /// Remember a verified token. When the memory is full it starts afresh: cheaper than
+    /// choosing what to forget, and a forgotten token is only verified again.
+    fn insert(&self, token: &str, claims: Arc<Claims>) {
+        if self.tokens.len() >= self.capacity {
+            self.tokens.clear();
+        }
+        self.tokens.insert(token.into(), claims);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
 /// Everything authentication needs, shared by all workers.
 pub struct Auth {
     settings: AuthSettings,
@@ -133,6 +185,7 @@ pub struct Auth {
     /// Users' current token versions, as far as this instance knows; loaded from the
     /// store on first use.
     token_versions: DashMap<i64, i64>,
+    verified: VerifiedTokens,
     store: Store,
     /// Shares revocations with the other instances, when configured.
     redis: Option<RedisLink>,
@@ -163,6 +216,7 @@ impl Auth {
             decoy_hash,
             deny_list: DenyList::default(),
             token_versions: DashMap::new(),
+            verified: VerifiedTokens::new(VERIFIED_TOKENS_MAX),
             store,
             redis,
         })
@@ -271,6 +325,17 @@ impl Auth {
                 "a {expected_type} token is required"
             )));
         }
+        Ok(claims)
+    }
+
+    /// [`Auth::decode`] for an access token, remembering the tokens that pass (see
+    /// [`VerifiedTokens`]).
+    fn verify_access(&self, token: &str) -> Result<Arc<Claims>, ApiError> {
+        if let Some(claims) = self.verified.get(token, Utc::now().timestamp()) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.decode(token, "access")?);
+        self.verified.insert(token, Arc::clone(&claims));
         Ok(claims)
     }
 
@@ -408,7 +473,7 @@ impl Auth {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("An Authorization: Bearer <access token> header is required"))?;
-        let claims = self.decode(token, "access")?;
+        let claims = self.verify_access(token)?;
         if self.deny_list.is_denied(&claims.jti) {
             return Err(ApiError::unauthenticated("the token was revoked"));
         }
@@ -421,7 +486,7 @@ impl Auth {
             Some(version) if version == claims.ver => Ok(AuthUser {
                 id,
                 role: claims.role,
-                jti: claims.jti,
+                jti: claims.jti.clone(),
                 expires_at: claims.exp,
             }),
             Some(_) => Err(ApiError::unauthenticated("the token was revoked")),
@@ -453,5 +518,70 @@ impl FromRequest for AuthUser {
             }
             Ok(user)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            sub: "7".into(),
+            role: Role::User,
+            ver: 0,
+            jti: Uuid::new_v4().to_string(),
+            iat: exp - 900,
+            exp,
+            iss: "tally".into(),
+            aud: "tally-api".into(),
+            typ: "access".into(),
+            fam: None,
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let tokens = VerifiedTokens::new(8);
+        let exp = 1_000_000;
+        tokens.insert("a.b.c", Arc::new(claims(exp)));
+        assert_eq!(tokens.get("a.b.c", exp).unwrap().exp, exp);
+        assert!(
+            tokens.get("a.b.c", exp + LEEWAY_SECONDS as i64).is_some(),
+            "within the leeway"
+        );
+        assert!(tokens.get("a.b.x", exp).is_none(), "another text is another token");
+        assert!(tokens.get("a.b.c", exp + LEEWAY_SECONDS as i64 + 1).is_none());
+        assert_eq!(tokens.len(), 0, "an expired token is forgotten");
+    }
+
+    #[test]
+    fn the_memory_of_verified_tokens_is_bounded() {
+        let tokens = VerifiedTokens::new(4);
+        for n in 0..10 {
+            tokens.insert(&format!("token-{n}"), Arc::new(claims(2_000_000)));
+            assert!(tokens.len() <= 4);
+        }
+        assert!(tokens.get("token-9", 0).is_some(), "the latest is remembered");
+    }
+
+    /// The expiry test on remembered tokens is the one the token library applies.
+    #[test]
+    fn expiry_agrees_with_the_token_library() {
+        let secret = b"expiry-secret-expiry-secret-0123456789";
+        let mut validation = Validation::new(ALGORITHM);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.set_audience(&["tally-api"]);
+        let now = Utc::now().timestamp();
+        for (exp, valid) in [
+            (now - LEEWAY_SECONDS as i64 - 1, false),
+            (now - LEEWAY_SECONDS as i64 + 2, true),
+        ] {
+            let token =
+                jsonwebtoken::encode(&Header::new(ALGORITHM), &claims(exp), &EncodingKey::from_secret(secret)).unwrap();
+            let decoded = jsonwebtoken::decode::<Claims>(&token, &DecodingKey::from_secret(secret), &validation);
+            assert_eq!(decoded.is_ok(), valid, "exp {exp} at {now}: {decoded:?}");
+            assert_eq!(expired(exp, now), !valid);
+        }
     }
 }
