@@ -574,7 +574,10 @@ impl Engine {
     {
         let guard = self.shared.enter().ok_or(EngineError::ShuttingDown)?;
         let (reply, outcome) = oneshot::channel();
-        let task = work(self.shared.clone(), reply);
+        // Boxed: the work's future is large (a transfer's holds every step's state), and
+        // wrapping and spawning the task would otherwise copy it several times over;
+        // a pointer is copied instead.
+        let task = Box::pin(work(self.shared.clone(), reply));
         tokio::spawn(
             async move {
                 task.await;
