@@ -177,6 +177,8 @@ pub struct Auth {
     settings: AuthSettings,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// What a token must satisfy besides its type (see [`Auth::decode`]).
+    validation: Validation,
     hasher: Argon2<'static>,
     /// A hash of a random password, verified against when a login names no user, so
     /// that a login costs the same whether or not the user exists.
@@ -208,9 +210,15 @@ impl Auth {
             .hash_password(decoy.as_bytes())
             .map_err(|error| anyhow::anyhow!("hashing the decoy password: {error}"))?
             .to_string();
+        let mut validation = Validation::new(ALGORITHM);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         Ok(Auth {
             encoding: EncodingKey::from_secret(&settings.secret),
             decoding: DecodingKey::from_secret(&settings.secret),
+            validation,
             settings,
             hasher,
             decoy_hash,
@@ -301,12 +309,7 @@ impl Auth {
 
     /// Check a token's signature, algorithm, expiry, issuer, audience and type.
     pub fn decode(&self, token: &str, expected_type: &str) -> Result<Claims, ApiError> {
-        let mut validation = Validation::new(ALGORITHM);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| {
                 let reason = match error.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
