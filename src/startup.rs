@@ -26,7 +26,9 @@ use crate::redis_link::RedisLink;
 use crate::routes::{admin, auth, balances, health, movements, openapi, rules, transactions, users};
 
 /// Register every route. Order matters where paths overlap: `/transactions/history`
-/// before `/transactions/{id}`.
+/// before `/transactions/{id}`. A request is matched against the routes in this order,
+/// and every route with a path parameter it passes costs a regular-expression match, so
+/// the money movements (fixed paths, most of the traffic) come first.
 pub fn routes(config: &mut ServiceConfig) {
     config
         .service(health::healthz)
@@ -35,6 +37,10 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(health::legacy_health)
         .service(
             utoipa_actix_web::scope("/api/v1")
+                .service(transactions::transfer)
+                .service(transactions::credit)
+                .service(transactions::debit)
+                .service(movements::batch)
                 .service(auth::register)
                 .service(auth::login)
                 .service(auth::refresh)
@@ -43,10 +49,6 @@ pub fn routes(config: &mut ServiceConfig) {
                 .service(users::get_one)
                 .service(users::update)
                 .service(users::remove)
-                .service(transactions::credit)
-                .service(transactions::debit)
-                .service(transactions::transfer)
-                .service(movements::batch)
                 .service(movements::post_hold)
                 .service(movements::void_hold)
                 .service(movements::reverse)
