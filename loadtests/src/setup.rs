@@ -115,7 +115,7 @@ async fn fund(client: &ApiClient, prefix: &str, index: usize, user: i64, target_
             Ok(answer) => bail!(
                 "funding {prefix}{index} (user {user}) answered {}: {}",
                 answer.status,
-                answer.body
+                answer.body()
             ),
             Err(error) => last_error = error.to_string(),
         }

@@ -369,7 +369,7 @@ async fn setup_again_funds_only_what_a_run_drained_and_never_pays_twice() {
             .send(reqwest::Method::POST, "/transactions/debit", Some(&body), None)
             .await
             .unwrap();
-        assert_eq!(answer.status, 201, "{}", answer.body);
+        assert_eq!(answer.status, 201, "{}", answer.body());
     }
     let plan = setup_plan();
     let (first, second) = tokio::join!(
