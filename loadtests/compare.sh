@@ -62,7 +62,13 @@ log() { printf '\n== %s\n' "$*"; }
 # checkpoint: otherwise one cell and not another meets the checkpoint that the WAL
 # written so far (the setup's included) brings on, with the burst of full-page writes
 # that follows it, and the p99 of that cell says more about the timing than the system.
+# The files a cell leaves behind (the load tester's run.json of every write, tens of MB;
+# pgbench's per-transaction logs) are written back by the kernel about 30 s later, in the
+# middle of the next cell: on a filesystem shared with PostgreSQL's WAL, that burst stalls
+# its commits (200 ms seen here, enough to push an open-loop p99 past 100 ms). So they are
+# flushed first, outside every measured cell.
 checkpoint() {
+    sync
     psql -q "$SERVER_URL" -c "CHECKPOINT" || echo "compare.sh: CHECKPOINT refused (needs a superuser or pg_checkpoint); cells may meet a checkpoint" >&2
 }
 database_url() { printf '%s' "${SERVER_URL%/*}/$1"; }
