@@ -110,15 +110,15 @@ impl Answer {
     /// The string member `field` (`id` or `batch_id`) of a 2xx body, read without
     /// building the whole body when it can be.
     fn identity(&self, field: &str) -> Option<String> {
-        match serde_json::from_slice::<Identity>(&self.raw) {
-            Ok(identity) => match field {
-                "id" => identity.id,
-                "batch_id" => identity.batch_id,
-                _ => self.body().get(field).and_then(Value::as_str).map(str::to_string),
-            },
-            // Not that shape (a member of another type): read whole.
-            Err(_) => self.body().get(field).and_then(Value::as_str).map(str::to_string),
-        }
+        let quick = serde_json::from_slice::<Identity>(&self.raw)
+            .ok()
+            .and_then(|identity| match field {
+                "id" => Some(identity.id),
+                "batch_id" => Some(identity.batch_id),
+                _ => None,
+            });
+        // Another field, or not that shape (a member of another type): read whole.
+        quick.unwrap_or_else(|| self.body().get(field).and_then(Value::as_str).map(str::to_string))
     }
 
     /// The code to count this answer under.
