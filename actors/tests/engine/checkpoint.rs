@@ -130,3 +130,22 @@ async fn the_sqlite_log_is_emptied_past_its_limit_while_writes_keep_coming() {
     assert_eq!(total, 20 * 1_000_00);
     engine.shutdown().await;
 }
+
+/// A file Tally creates has 2 KiB pages: a commit appends every page it changed to the
+/// log whole, so smaller pages make the persister's commits write less.
+#[actix_rt::test]
+async fn a_new_sqlite_file_has_small_pages() {
+    init_logging();
+    let db = TestDb::create(Backend::Sqlite).await;
+    let engine = Engine::open(config(&db.url)).await.unwrap();
+    open_accounts(&engine, 2, 10_00).await;
+    engine.shutdown().await;
+    let options = SqliteConnectOptions::from_str(&db.url).unwrap().read_only(true);
+    let mut connection = SqliteConnection::connect_with(&options).await.unwrap();
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(page_size, 2048);
+    connection.close().await.unwrap();
+}
