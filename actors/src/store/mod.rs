@@ -11,6 +11,7 @@
 //! administrative audit rows directly, and reads an account's past back: its history
 //! ([`HistoryQuery`]), its journal and its balance at a time ([`JournalEntry`]).
 
+mod activation;
 mod held;
 mod history;
 mod postgres;
@@ -176,6 +177,7 @@ pub struct Store {
     backend: Backend,
     faults: Arc<Faults>,
     metrics: Arc<StoreMetrics>,
+    activations: Arc<activation::Activations>,
 }
 
 #[derive(Clone, Debug)]
@@ -220,6 +222,7 @@ impl Store {
             backend,
             faults: Arc::new(Faults::default()),
             metrics: Arc::new(StoreMetrics::new()),
+            activations: Arc::default(),
         };
         store.migrate().await.context("applying migrations")?;
         Ok(store)
@@ -237,6 +240,7 @@ impl Store {
             backend,
             faults: self.faults.clone(),
             metrics: self.metrics.clone(),
+            activations: Arc::default(),
         })
     }
 
@@ -332,11 +336,7 @@ impl Store {
     pub async fn load_account(&self, id: AccountId) -> anyhow::Result<Option<AccountState>> {
         self.observed("load_account", async {
             self.faults.check_read()?;
-            let row = match &self.backend {
-                Backend::Postgres(store) => store.account_row(id).await?,
-                Backend::Sqlite(store) => store.account_row(id).await?,
-            };
-            let Some(row) = row else {
+            let Some(row) = self.account_row(id).await? else {
                 return Ok(None);
             };
             // `held` is the sum of the open holds, written in the same transaction as
@@ -351,6 +351,34 @@ impl Store {
             RawAccount::from_row(row, holds).into_state(id).map(Some)
         })
         .await
+    }
+
+    /// The account's balances row, read together with those of other activations asked
+    /// for meanwhile (see [`activation`]).
+    async fn account_row(&self, id: AccountId) -> anyhow::Result<Option<AccountRow>> {
+        let (row, start) = self.activations.ask(id);
+        if start {
+            let store = self.clone();
+            tokio::spawn(async move {
+                let activations = store.activations.clone();
+                activations
+                    .serve(|ids| {
+                        let store = store.clone();
+                        async move {
+                            match &store.backend {
+                                Backend::Postgres(backend) => backend.account_rows(&ids).await,
+                                Backend::Sqlite(backend) => backend.account_rows(&ids).await,
+                            }
+                        }
+                    })
+                    .await;
+            });
+        }
+        match row.await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(error)) => Err(anyhow::anyhow!("{error:#}")),
+            Err(_) => bail!("the read of the account's row stopped before it answered"),
+        }
     }
 
     /// Write one batch in one database transaction.
@@ -1000,6 +1028,10 @@ struct RawAccount {
 
 /// The balances columns both stores read.
 type AccountRow = (i64, i64, String, i64, i64, Option<i64>, Option<i64>, i64, i64);
+
+/// Where a read of several accounts puts each row's account id: after the columns of
+/// an [`AccountRow`].
+const ACCOUNT_ROW_ID: usize = 9;
 
 impl RawAccount {
     fn from_row(row: AccountRow, holds: Vec<RawTransaction>) -> Self {

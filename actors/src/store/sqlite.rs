@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::held::HeldConnection;
 use super::history::{Param, Statement};
 use super::{
-    AccountRow, Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
+    ACCOUNT_ROW_ID, AccountRow, Batch, NewUser, RawJournalEntry, RawTransaction, RawUser, RefreshToken, RefreshUse,
     TRANSACTION_COLUMNS, USER_COLUMNS, UserChanges, UserWriteError, Violation, user_write_error, verify_queries,
     version_i64,
 };
@@ -253,14 +253,19 @@ impl SqliteStore {
         Ok(result.rows_affected())
     }
 
-    pub(super) async fn account_row(&self, id: AccountId) -> anyhow::Result<Option<AccountRow>> {
-        Ok(sqlx::query_as(
+    /// The rows of those of `ids` that exist, each after its account's id (the last
+    /// column, so that the others decode as an [`AccountRow`]).
+    pub(super) async fn account_rows(&self, ids: &[i64]) -> anyhow::Result<Vec<(i64, AccountRow)>> {
+        let rows = sqlx::query(
             "SELECT amount, held, status, version, overdraft_limit, max_balance, daily_debit_cap, debit_day, \
-                    debited_on_day FROM balances WHERE user_id = ?1",
+                    debited_on_day, user_id FROM balances WHERE user_id IN (SELECT value FROM json_each(?1))",
         )
-        .bind(id.get())
-        .fetch_optional(&self.pool)
-        .await?)
+        .bind(serde_json::to_string(ids)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((sqlx::Row::try_get(row, ACCOUNT_ROW_ID)?, sqlx::FromRow::from_row(row)?)))
+            .collect()
     }
 
     pub(super) async fn open_holds(&self, id: AccountId) -> anyhow::Result<Vec<RawTransaction>> {
