@@ -359,25 +359,24 @@ impl Store {
         let (row, start) = self.activations.ask(id);
         if start {
             let store = self.clone();
-            tokio::spawn(async move {
-                let activations = store.activations.clone();
-                activations
-                    .serve(|ids| {
-                        let store = store.clone();
-                        async move {
-                            match &store.backend {
-                                Backend::Postgres(backend) => backend.account_rows(&ids).await,
-                                Backend::Sqlite(backend) => backend.account_rows(&ids).await,
-                            }
-                        }
-                    })
-                    .await;
-            });
+            let read = move |ids: Vec<i64>| {
+                let store = store.clone();
+                async move { store.account_rows(&ids).await }
+            };
+            tokio::spawn(self.activations.clone().serve(read));
         }
         match row.await {
             Ok(Ok(row)) => Ok(row),
             Ok(Err(error)) => Err(anyhow::anyhow!("{error:#}")),
             Err(_) => bail!("the read of the account's row stopped before it answered"),
+        }
+    }
+
+    /// The balances rows of those of `ids` that exist, each after its account's id.
+    async fn account_rows(&self, ids: &[i64]) -> anyhow::Result<Vec<(i64, AccountRow)>> {
+        match &self.backend {
+            Backend::Postgres(store) => store.account_rows(ids).await,
+            Backend::Sqlite(store) => store.account_rows(ids).await,
         }
     }
 
