@@ -261,14 +261,16 @@ pub async fn limit_per_ip(
 }
 
 /// Error responses produced outside our handlers (an unknown route, a body over the
-/// limit, a wrong content type) get a problem+json body like every other error.
+/// limit, a wrong content type) get a problem+json body like every other error. JSON
+/// bodies are our handlers' own and are left alone: a problem, or the state `/readyz`
+/// reports with its 503.
 pub fn problem_bodies<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(|response: ServiceResponse<B>| {
-        let is_problem = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-        if is_problem {
+        let is_ours = response.headers().get(header::CONTENT_TYPE).is_some_and(|value| {
+            let value = value.as_bytes();
+            value.starts_with(PROBLEM_JSON.as_bytes()) || value.starts_with(b"application/json")
+        });
+        if is_ours {
             return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
         }
         let status = response.status();

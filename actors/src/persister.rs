@@ -116,7 +116,7 @@ impl Drop for Reservation {
     }
 }
 
-/// What operators and `/readyz` see of the persister.
+/// What operators (`/api/v1/admin/persister`) and `/readyz` see of the persister.
 #[derive(Clone, Debug, Serialize)]
 pub struct PersisterStatus {
     pub healthy: bool,
@@ -126,10 +126,41 @@ pub struct PersisterStatus {
     pub writes_durable: u64,
     pub last_batch_size: usize,
     pub last_flush_duration_ms: f64,
+    /// How long the oldest write of the last batch waited between being applied in
+    /// memory and being durable: the apply-to-durable lag.
+    pub last_batch_lag_ms: f64,
     /// Milliseconds since the current outage began; absent while healthy.
     pub failing_for_ms: Option<u64>,
     pub consecutive_failures: u64,
-    pub last_error: Option<String>,
+    /// What the current outage's last failed write met, as a kind (never the
+    /// database's own text, which goes to the log); absent while healthy.
+    pub last_error: Option<&'static str>,
+}
+
+/// The kind of a failed batch write, for operators: whether the database could not be
+/// reached or refused the statement. The error's text stays in the log: it can quote
+/// the database's internals.
+fn failure_kind(error: &anyhow::Error) -> &'static str {
+    match error.chain().find_map(|cause| cause.downcast_ref::<sqlx::Error>()) {
+        Some(sqlx::Error::Database(_)) => "database_refused_the_batch",
+        Some(
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed,
+        ) => "database_unreachable",
+        _ => "batch_write_failed",
+    }
+}
+
+/// The last committed batch, as [`PersisterStatus`] reports it.
+#[derive(Clone, Copy, Debug, Default)]
+struct LastBatch {
+    size: usize,
+    took: Duration,
+    lag: Duration,
 }
 
 #[derive(Debug)]
@@ -147,8 +178,8 @@ struct PersisterShared {
     batches_written: AtomicU64,
     writes_durable: AtomicU64,
     consecutive_failures: AtomicU64,
-    last_batch: Mutex<(usize, Duration)>,
-    last_error: Mutex<Option<String>>,
+    last_batch: Mutex<LastBatch>,
+    last_error: Mutex<Option<&'static str>>,
     metrics: EngineMetrics,
 }
 
@@ -194,7 +225,7 @@ impl Persister {
             batches_written: AtomicU64::new(0),
             writes_durable: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
-            last_batch: Mutex::new((0, Duration::ZERO)),
+            last_batch: Mutex::new(LastBatch::default()),
             last_error: Mutex::new(None),
             metrics,
         });
@@ -283,7 +314,7 @@ impl Persister {
     }
 
     pub fn status(&self) -> PersisterStatus {
-        let (last_batch_size, last_flush) = *self.shared.last_batch.lock().expect("status lock");
+        let last_batch = *self.shared.last_batch.lock().expect("status lock");
         let failing = self.shared.failing_for();
         PersisterStatus {
             healthy: failing.is_none(),
@@ -291,11 +322,12 @@ impl Persister {
             queue_capacity: self.shared.capacity,
             batches_written: self.shared.batches_written.load(Ordering::Relaxed),
             writes_durable: self.shared.writes_durable.load(Ordering::Relaxed),
-            last_batch_size,
-            last_flush_duration_ms: last_flush.as_secs_f64() * 1e3,
+            last_batch_size: last_batch.size,
+            last_flush_duration_ms: last_batch.took.as_secs_f64() * 1e3,
+            last_batch_lag_ms: last_batch.lag.as_secs_f64() * 1e3,
             failing_for_ms: failing.map(|duration| duration.as_millis() as u64),
             consecutive_failures: self.shared.consecutive_failures.load(Ordering::Relaxed),
-            last_error: self.shared.last_error.lock().expect("status lock").clone(),
+            last_error: *self.shared.last_error.lock().expect("status lock"),
         }
     }
 
@@ -504,7 +536,7 @@ impl Writer {
                     } else {
                         tracing::debug!(error = %message, failures, "persister: batch write failed again");
                     }
-                    *self.shared.last_error.lock().expect("status lock") = Some(message);
+                    *self.shared.last_error.lock().expect("status lock") = Some(failure_kind(&error));
                     if !self.sleep_unless_aborted(backoff) {
                         return false;
                     }
@@ -532,6 +564,7 @@ impl Writer {
                 outage_ms = outage.as_millis() as u64,
                 "persister: the database is back; writing again"
             );
+            *self.shared.last_error.lock().expect("status lock") = None;
         }
         self.shared.failing_since_ns.store(0, Ordering::Release);
         for effect in &batch.balances {
@@ -548,7 +581,12 @@ impl Writer {
         self.shared.release(count);
         self.shared.batches_written.fetch_add(1, Ordering::Relaxed);
         self.shared.writes_durable.fetch_add(count as u64, Ordering::Relaxed);
-        *self.shared.last_batch.lock().expect("status lock") = (count, took);
+        let oldest = writes.iter().map(|write| write.applied_at).min();
+        *self.shared.last_batch.lock().expect("status lock") = LastBatch {
+            size: count,
+            took,
+            lag: oldest.map(|applied| applied.elapsed()).unwrap_or_default(),
+        };
         let metrics = &self.shared.metrics;
         let mut acks = Vec::with_capacity(writes.len());
         for write in writes {

@@ -24,7 +24,57 @@ async fn readyz_is_200_while_the_store_takes_writes_and_503_when_it_does_not(bac
     let reply = app.get("/readyz", None).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.headers["retry-after"], "1");
+    assert_eq!(reply.body["status"], "unavailable", "{}", reply.body);
+    assert_eq!(reply.body["store"], "unreachable", "{}", reply.body);
     app.engine.store().faults().fail_reads(false);
+    assert_eq!(app.get("/readyz", None).await.status, 200);
+    app.stop().await;
+}
+
+/// During an outage `/readyz` (open to anyone) and the admins' persister view name the
+/// failure by its kind, never by the database's text; once writes are durable again,
+/// the error is gone and the view shows how long the queued writes waited.
+async fn an_outage_is_reported_by_its_kind_and_cleared_once_over(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(backend, &[("TALLY_DURABLE_WAIT_MS", "200")]).await;
+    let admin = app.admin().await;
+    let user = app.user("outage").await;
+    app.engine.store().faults().fail_writes(true);
+    let credit = serde_json::json!({ "user_id": user.id, "amount": "5.00" });
+    let refused = app
+        .post("/api/v1/transactions/credit", Some(&admin.token), credit)
+        .await;
+    refused.assert_problem(503, "unavailable");
+    for reply in [
+        app.get("/readyz", None).await,
+        app.get("/api/v1/admin/persister", Some(&admin.token)).await,
+    ] {
+        let text = reply.body.to_string();
+        let persister = if reply.body["persister"].is_null() {
+            &reply.body
+        } else {
+            &reply.body["persister"]
+        };
+        assert_eq!(persister["healthy"], false, "{text}");
+        assert_eq!(persister["last_error"], "batch_write_failed", "{text}");
+        assert!(!text.contains("injected"), "no error text in a body: {text}");
+    }
+    app.engine.store().faults().fail_writes(false);
+    let mut view = app.get("/api/v1/admin/persister", Some(&admin.token)).await;
+    for _ in 0..200 {
+        if view.body["healthy"] == true && view.body["queue_depth"] == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        view = app.get("/api/v1/admin/persister", Some(&admin.token)).await;
+    }
+    assert_eq!(view.body["healthy"], true, "{}", view.body);
+    assert!(view.body["last_error"].is_null(), "{}", view.body);
+    assert!(
+        view.body["last_batch_lag_ms"].as_f64().unwrap() >= 200.0,
+        "{}",
+        view.body
+    );
+    assert_eq!(app.balance(&user).await, "5.00", "the queued credit was written");
     assert_eq!(app.get("/readyz", None).await.status, 200);
     app.stop().await;
 }
@@ -58,6 +108,7 @@ async fn request_ids_are_echoed_or_generated_and_security_headers_set(backend: B
 on_both_stores!(
     healthz_and_the_go_service_alias_answer_200,
     readyz_is_200_while_the_store_takes_writes_and_503_when_it_does_not,
+    an_outage_is_reported_by_its_kind_and_cleared_once_over,
     request_ids_are_echoed_or_generated_and_security_headers_set,
 );
 

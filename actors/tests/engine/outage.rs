@@ -27,8 +27,9 @@ fn transfer(round: i64) -> MoveRequest {
     MoveRequest::transfer(account(1 + round % 2), account(3), amount(1_00))
 }
 
-/// Drive the engine through an outage that `down` starts and `up` ends.
-async fn survive_an_outage(engine: &Engine, down: impl Fn(), up: impl Fn()) {
+/// Drive the engine through an outage that `down` starts and `up` ends; operators see
+/// it as a failure of kind `kind`.
+async fn survive_an_outage(engine: &Engine, down: impl Fn(), up: impl Fn(), kind: &str) {
     open_accounts(engine, 3, 100_00).await;
     let before = engine.execute(transfer(0)).await.unwrap();
     assert_eq!(before.status, TransactionStatus::Completed);
@@ -53,6 +54,10 @@ async fn survive_an_outage(engine: &Engine, down: impl Fn(), up: impl Fn()) {
         engine.persister_status().failing_for_ms.unwrap_or(0) >= 300
     })
     .await;
+    let status = engine.persister_status();
+    assert!(!status.healthy);
+    assert!(status.consecutive_failures > 0);
+    assert_eq!(status.last_error, Some(kind), "the failure's kind, never its text");
     let started = Instant::now();
     let refused = engine.execute(transfer(1)).await;
     assert!(matches!(refused, Err(EngineError::Unavailable(_))), "{refused:?}");
@@ -70,6 +75,12 @@ async fn survive_an_outage(engine: &Engine, down: impl Fn(), up: impl Fn()) {
     })
     .await;
     assert!(engine.is_ready());
+    let status = engine.persister_status();
+    assert_eq!(status.last_error, None, "a recovered persister reports no error");
+    assert!(
+        status.last_batch_lag_ms >= 300.0,
+        "the queued writes waited out the outage before they were durable: {status:?}"
+    );
     // Everything accepted during the outage was written, in order, and the engine
     // takes writes again.
     let after = engine.execute(transfer(1)).await.unwrap();
@@ -93,6 +104,7 @@ async fn an_injected_store_failure_is_survived(backend: Backend) {
         &engine,
         || store.faults().fail_writes(true),
         || store.faults().fail_writes(false),
+        "batch_write_failed",
     )
     .await;
     engine.shutdown().await;
@@ -112,6 +124,6 @@ async fn a_cut_connection_to_postgres_is_survived() {
     let proxy = Proxy::start(target).await;
     let url = db.url_through(&proxy);
     let engine = Engine::open(outage_config(&url)).await.unwrap();
-    survive_an_outage(&engine, || proxy.cut(), || proxy.restore()).await;
+    survive_an_outage(&engine, || proxy.cut(), || proxy.restore(), "database_unreachable").await;
     engine.shutdown().await;
 }
