@@ -202,7 +202,7 @@ where
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     let error = ApiError::internal(anyhow::anyhow!("a request handler panicked: {message}"));
-                    tracing::Span::current().record("status", 500);
+                    finish(500, None);
                     return Err(error.for_request(&id).into());
                 }
                 Err(_) => {
@@ -340,10 +340,11 @@ mod tests {
 
     #[actix_web::test]
     async fn a_panicking_handler_becomes_a_generic_500_problem_with_the_request_id() {
+        let metrics = crate::metrics::HttpMetrics::new(&prometheus::Registry::new()).unwrap();
         let app = test::init_service(App::new().route("/panic", web::get().to(panics)).wrap(RequestGuard {
             timeout: Duration::from_secs(10),
-            metrics: None,
-            routes: RouteTemplates::default(),
+            metrics: Some(metrics.clone()),
+            routes: RouteTemplates::new(["/panic"]),
         }))
         .await;
         let request = test::TestRequest::get()
@@ -359,6 +360,11 @@ mod tests {
         assert_eq!(body["code"], "internal_error");
         assert_eq!(body["request_id"], "abc-123");
         assert!(!body.to_string().contains("a bug"), "panic text never reaches a client");
+        assert_eq!(
+            metrics.requests.with_label_values(&["GET", "/panic", "500"]).get(),
+            1,
+            "a panicked request is counted with its 500"
+        );
     }
 
     #[actix_web::test]
