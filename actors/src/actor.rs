@@ -73,9 +73,9 @@ impl AccountActor {
     /// Book-keeping common to every handled message; returns when handling began.
     fn received(&mut self) -> Instant {
         self.cell.depth.fetch_sub(1, Ordering::AcqRel);
-        self.cell
-            .last_active_ms
-            .store(self.shared.clock.now().timestamp_millis(), Ordering::Relaxed);
+        let now_ms = self.shared.clock.now().timestamp_millis();
+        self.cell.last_active_ms.store(now_ms, Ordering::Relaxed);
+        self.cell.count_message(now_ms);
         Instant::now()
     }
 

@@ -45,6 +45,9 @@ pub struct BatchRequest {
     pub legs: Vec<MoveRequest>,
     pub initiator: Option<i64>,
     pub idempotency_key: Option<String>,
+    /// Set for an administrative batch (see [`crate::MoveRequest::audit`]): every leg
+    /// is audited.
+    pub audit: Option<crate::AuditContext>,
 }
 
 /// How a batch ended: every leg's record, in order.
@@ -183,9 +186,9 @@ pub(crate) async fn execute(shared: Arc<Shared>, request: BatchRequest, reply: R
         failed_leg,
     };
     let write = PendingWrite {
+        audit: crate::engine::money_audit(request.audit.as_ref(), &records),
         transactions: records,
         effects,
-        audit: Vec::new(),
         applied_at: Instant::now(),
         ack: None,
         span: tracing::Span::current(),

@@ -32,7 +32,7 @@ use crate::metrics::EngineMetrics;
 use crate::money::{AccountId, Amount};
 use crate::persister::{PendingWrite, Persister, PersisterStatus, Reservation};
 use crate::record::{AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus};
-use crate::registry::{Registry, SendError};
+use crate::registry::{BusyActor, Registry, SendError};
 use crate::shared::Shared;
 use crate::store::{Store, StoreKind};
 
@@ -54,6 +54,9 @@ pub struct MoveRequest {
     pub hold: Option<HoldTerms>,
     /// For a reversal: the transaction it gives back.
     pub parent_id: Option<Uuid>,
+    /// An administrative money action (an admin moving money that is not only their
+    /// own): who asked, for the audit row written with the movement.
+    pub audit: Option<AuditContext>,
 }
 
 /// How a transfer is held.
@@ -118,6 +121,7 @@ impl MoveRequest {
             idempotency_key: None,
             hold: None,
             parent_id: None,
+            audit: None,
         }
     }
 
@@ -137,6 +141,12 @@ impl MoveRequest {
 
     pub fn initiated_by(mut self, user: i64) -> Self {
         self.initiator = Some(user);
+        self
+    }
+
+    /// Make this an administrative money action, audited as asked by `context`.
+    pub fn audited(mut self, context: AuditContext) -> Self {
+        self.audit = Some(context);
         self
     }
 
@@ -255,8 +265,10 @@ impl AccountBalance {
 pub struct ActorStats {
     pub active: usize,
     pub mailbox_depth: usize,
-    /// The accounts with the deepest mailboxes: (account, messages waiting).
-    pub busiest: Vec<(AccountId, usize)>,
+    /// The live actors with the deepest mailboxes.
+    pub busiest_by_mailbox: Vec<BusyActor>,
+    /// The live actors that handled the most messages in the last whole second.
+    pub busiest_by_rate: Vec<BusyActor>,
 }
 
 /// Who asked for an administrative change, for the audit log.
@@ -274,6 +286,43 @@ pub struct ReversalRequest {
     pub amount: Option<Amount>,
     pub initiator: Option<i64>,
     pub idempotency_key: Option<String>,
+    /// Set for an administrative reversal (see [`MoveRequest::audit`]).
+    pub audit: Option<AuditContext>,
+}
+
+/// The audit rows of an administrative money action: one per transaction it recorded
+/// (refused ones too: the attempt is what is audited), written in the same batch.
+pub(crate) fn money_audit(context: Option<&AuditContext>, records: &[TransactionRecord]) -> Vec<AuditEntry> {
+    let Some(context) = context else {
+        return Vec::new();
+    };
+    records
+        .iter()
+        .map(|record| AuditEntry {
+            id: Uuid::now_v7(),
+            entity_type: "transaction".into(),
+            entity_id: record.id.to_string(),
+            action: match record.status {
+                TransactionStatus::Pending => "hold_placed",
+                TransactionStatus::Posted => "hold_posted",
+                TransactionStatus::Voided => "hold_voided",
+                _ => record.kind.as_str(),
+            }
+            .into(),
+            actor_user_id: context.actor_user_id,
+            details: serde_json::json!({
+                "from_user_id": record.from.get(),
+                "to_user_id": record.to.get(),
+                "amount_minor": record.amount.minor(),
+                "status": record.status.as_str(),
+                "failure_reason": record.failure_reason.map(|reason| reason.code()),
+            }),
+            request_id: context.request_id.clone(),
+            // When this step happened: a hold's settlement completes long after it was
+            // placed.
+            created_at: record.completed_at,
+        })
+        .collect()
 }
 
 /// The engine: a cheap, cloneable handle.
@@ -513,18 +562,39 @@ impl Engine {
     /// the target and the rest is released. Also tells whether the hold was already
     /// posted exactly so (a retry), in which case nothing ran now.
     pub async fn post_hold(&self, id: Uuid, amount: Option<Amount>) -> Result<(TransactionRecord, bool), EngineError> {
+        self.post_hold_audited(id, amount, None).await
+    }
+
+    /// [`Engine::post_hold`], audited as an administrative money action when `audit`
+    /// says who asked.
+    pub async fn post_hold_audited(
+        &self,
+        id: Uuid,
+        amount: Option<Amount>,
+        audit: Option<AuditContext>,
+    ) -> Result<(TransactionRecord, bool), EngineError> {
         let span = tracing::debug_span!("ledger.post_hold", hold = %id, outcome = tracing::field::Empty);
         self.detached(span, move |shared, reply| {
-            crate::holds::settle(shared, id, crate::holds::Settlement::Post(amount), reply)
+            crate::holds::settle(shared, id, crate::holds::Settlement::Post(amount), audit, reply)
         })
         .await
     }
 
     /// Release the hold `id` whole. Also tells whether it was already voided (a retry).
     pub async fn void_hold(&self, id: Uuid) -> Result<(TransactionRecord, bool), EngineError> {
+        self.void_hold_audited(id, None).await
+    }
+
+    /// [`Engine::void_hold`], audited as an administrative money action when `audit` says
+    /// who asked.
+    pub async fn void_hold_audited(
+        &self,
+        id: Uuid,
+        audit: Option<AuditContext>,
+    ) -> Result<(TransactionRecord, bool), EngineError> {
         let span = tracing::debug_span!("ledger.void_hold", hold = %id, outcome = tracing::field::Empty);
         self.detached(span, move |shared, reply| {
-            crate::holds::settle(shared, id, crate::holds::Settlement::Void, reply)
+            crate::holds::settle(shared, id, crate::holds::Settlement::Void, audit, reply)
         })
         .await
     }
@@ -549,6 +619,7 @@ impl Engine {
         let mut movement = MoveRequest::reversal(&original, request.amount.unwrap_or(original.amount));
         movement.initiator = request.initiator;
         movement.idempotency_key = request.idempotency_key;
+        movement.audit = request.audit;
         self.execute_with_replay(movement).await
     }
 
@@ -604,11 +675,19 @@ impl Engine {
     }
 
     pub fn actor_stats(&self, busiest: usize) -> ActorStats {
+        let now_ms = self.shared.clock.now().timestamp_millis();
+        let (busiest_by_mailbox, busiest_by_rate) = self.shared.registry.busiest(busiest, now_ms);
         ActorStats {
             active: self.shared.registry.active(),
             mailbox_depth: self.shared.registry.mailbox_depth(),
-            busiest: self.shared.registry.busiest(busiest),
+            busiest_by_mailbox,
+            busiest_by_rate,
         }
+    }
+
+    /// Holds placed and neither posted, voided nor expired yet, in the whole ledger.
+    pub async fn open_hold_count(&self) -> Result<i64, EngineError> {
+        self.shared.store.open_hold_count().await.map_err(EngineError::Store)
     }
 
     /// Refresh gauges that are computed rather than counted (call before a scrape).
@@ -743,9 +822,9 @@ async fn coordinate(shared: Arc<Shared>, request: MoveRequest, reply: Reply<Tran
     };
     tracing::Span::current().record("outcome", record.status.as_str());
     let write = PendingWrite {
+        audit: money_audit(request.audit.as_ref(), std::slice::from_ref(&record)),
         transactions: vec![record.clone()],
         effects,
-        audit: Vec::new(),
         applied_at: Instant::now(),
         ack: None,
         span: tracing::Span::current(),

@@ -104,7 +104,13 @@ fn expiries(
 }
 
 /// Post, void or expire the hold `id`, answering `reply` (see [`persist`]).
-pub(crate) async fn settle(shared: Arc<Shared>, id: Uuid, settlement: Settlement, reply: Reply<TransactionRecord>) {
+pub(crate) async fn settle(
+    shared: Arc<Shared>,
+    id: Uuid,
+    settlement: Settlement,
+    audit: Option<crate::AuditContext>,
+    reply: Reply<TransactionRecord>,
+) {
     let _lock = shared.lock_key(id).await;
     let source = match open_source(&shared, id, settlement).await {
         Ok(Open::Source(source)) => source,
@@ -175,9 +181,9 @@ pub(crate) async fn settle(shared: Arc<Shared>, id: Uuid, settlement: Settlement
     };
     tracing::Span::current().record("outcome", record.status.as_str());
     let write = PendingWrite {
+        audit: crate::engine::money_audit(audit.as_ref(), std::slice::from_ref(&record)),
         transactions: vec![record.clone()],
         effects,
-        audit: Vec::new(),
         applied_at: Instant::now(),
         ack: None,
         span: tracing::Span::current(),
@@ -244,7 +250,7 @@ pub(crate) fn start_expiry(shared: &Arc<Shared>, pending: Vec<(DateTime<Utc>, Uu
             let task_shared = shared.clone();
             tokio::spawn(async move {
                 let (reply, outcome) = oneshot::channel();
-                settle(task_shared.clone(), id, Settlement::Expire, reply).await;
+                settle(task_shared.clone(), id, Settlement::Expire, None, reply).await;
                 if let Ok(Err(error)) = outcome.await
                     && !matches!(
                         error,

@@ -45,6 +45,7 @@ pub use metrics::EngineMetrics;
 pub use money::{AMOUNT_MAX_MINOR, AccountId, Amount, AmountError, InvalidAccountId};
 pub use persister::PersisterStatus;
 pub use record::{AuditEntry, JournalPosition, TransactionKind, TransactionRecord, TransactionStatus};
+pub use registry::BusyActor;
 pub use store::{
     DEFAULT_DATABASE_URL, Faults, HistoryCursor, HistoryItem, HistoryQuery, JournalEntry, NewUser, PAGE_SIZE_MAX,
     RefreshToken, RefreshUse, Role, Store, StoreKind, UserChanges, UserRecord, UserWriteError, Violation,

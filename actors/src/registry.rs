@@ -36,6 +36,11 @@ pub(crate) struct ActorCell {
     pub depth: AtomicUsize,
     /// When the actor last handled a message, in milliseconds since the epoch.
     pub last_active_ms: AtomicI64,
+    /// The second (since the epoch) `this_second` counts the messages of.
+    window_s: AtomicI64,
+    /// Messages handled in second `window_s`, and in the second before it.
+    this_second: AtomicU64,
+    last_second: AtomicU64,
 }
 
 impl ActorCell {
@@ -45,6 +50,40 @@ impl ActorCell {
             generation,
             depth: AtomicUsize::new(0),
             last_active_ms: AtomicI64::new(now_ms),
+            window_s: AtomicI64::new(now_ms.div_euclid(1000)),
+            this_second: AtomicU64::new(0),
+            last_second: AtomicU64::new(0),
+        }
+    }
+
+    /// Count a message handled at `now_ms`. Only the actor calls it (one message at a
+    /// time), so plain loads and stores suffice; readers may see a second's count a
+    /// message behind.
+    pub fn count_message(&self, now_ms: i64) {
+        let second = now_ms.div_euclid(1000);
+        let window = self.window_s.load(Ordering::Relaxed);
+        if second == window {
+            let count = self.this_second.load(Ordering::Relaxed);
+            self.this_second.store(count + 1, Ordering::Relaxed);
+            return;
+        }
+        let previous = if second == window + 1 {
+            self.this_second.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        self.last_second.store(previous, Ordering::Relaxed);
+        self.this_second.store(1, Ordering::Relaxed);
+        self.window_s.store(second, Ordering::Relaxed);
+    }
+
+    /// Messages handled in the last whole second before `now_ms`.
+    pub fn messages_per_second(&self, now_ms: i64) -> u64 {
+        let second = now_ms.div_euclid(1000);
+        match second - self.window_s.load(Ordering::Relaxed) {
+            0 => self.last_second.load(Ordering::Relaxed),
+            1 => self.this_second.load(Ordering::Relaxed),
+            _ => 0,
         }
     }
 
@@ -68,6 +107,16 @@ pub(crate) enum SendError {
     Overloaded,
     /// The actor kept stopping before handling the message.
     Unavailable,
+}
+
+/// A live actor as the admins' view lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BusyActor {
+    pub account: AccountId,
+    /// Messages waiting in its mailbox.
+    pub mailbox_depth: usize,
+    /// Messages it handled in the last whole second.
+    pub messages_per_second: u64,
 }
 
 #[derive(Debug)]
@@ -214,14 +263,51 @@ impl Registry {
             .sum()
     }
 
-    pub fn busiest(&self, count: usize) -> Vec<(AccountId, usize)> {
-        let mut all: Vec<(AccountId, usize)> = self
+    /// The `count` live actors with the deepest mailboxes, and the `count` that handled
+    /// the most messages in the last whole second before `now_ms` (idle ones left out).
+    pub fn busiest(&self, count: usize, now_ms: i64) -> (Vec<BusyActor>, Vec<BusyActor>) {
+        let all: Vec<BusyActor> = self
             .actors
             .iter()
-            .map(|entry| (*entry.key(), entry.value().cell.depth.load(Ordering::Relaxed)))
+            .map(|entry| BusyActor {
+                account: *entry.key(),
+                mailbox_depth: entry.value().cell.depth.load(Ordering::Relaxed),
+                messages_per_second: entry.value().cell.messages_per_second(now_ms),
+            })
+            .filter(|actor| actor.mailbox_depth > 0 || actor.messages_per_second > 0)
             .collect();
-        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        all.truncate(count);
-        all
+        let top = |key: fn(&BusyActor) -> u64| {
+            let mut ranked = all.clone();
+            ranked.sort_unstable_by(|a, b| key(b).cmp(&key(a)).then(a.account.cmp(&b.account)));
+            ranked.truncate(count);
+            ranked
+        };
+        (
+            top(|actor| actor.mailbox_depth as u64),
+            top(|actor| actor.messages_per_second),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_actors_rate_is_the_messages_of_the_last_whole_second() {
+        let cell = ActorCell::new(AccountId::new(7).unwrap(), 1, 10_000);
+        for at in [10_000, 10_200, 10_999] {
+            cell.count_message(at);
+        }
+        assert_eq!(cell.messages_per_second(10_999), 0, "second 10 is not over yet");
+        assert_eq!(cell.messages_per_second(11_000), 3);
+        cell.count_message(11_500);
+        assert_eq!(cell.messages_per_second(11_600), 3, "still second 10's count");
+        assert_eq!(cell.messages_per_second(12_000), 1);
+        assert_eq!(cell.messages_per_second(13_000), 0, "nothing in second 12");
+        // A gap of several seconds: the second before the new one handled nothing.
+        cell.count_message(20_100);
+        assert_eq!(cell.messages_per_second(20_200), 0);
+        assert_eq!(cell.messages_per_second(21_000), 1);
     }
 }

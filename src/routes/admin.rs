@@ -1,9 +1,10 @@
 //! Operators' per-account view, which cannot go into metric labels: the live actors
-//! with the deepest mailboxes, and the persister's state (admin only).
+//! with the deepest mailboxes and the highest message rates, open holds, and the
+//! persister's state (admin only).
 
 use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
-use tally_actors::Engine;
+use tally_actors::{BusyActor, Engine};
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
@@ -17,6 +18,18 @@ pub struct BusyAccount {
     pub user_id: i64,
     /// Messages waiting in its actor's mailbox.
     pub mailbox_depth: usize,
+    /// Messages its actor handled in the last whole second.
+    pub messages_per_second: u64,
+}
+
+impl From<BusyActor> for BusyAccount {
+    fn from(actor: BusyActor) -> Self {
+        BusyAccount {
+            user_id: actor.account.get(),
+            mailbox_depth: actor.mailbox_depth,
+            messages_per_second: actor.messages_per_second,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -25,7 +38,12 @@ pub struct ActorsView {
     pub active: usize,
     /// Messages waiting in all mailboxes.
     pub mailbox_depth: usize,
+    /// Holds placed and not yet posted, voided or expired, in the whole ledger.
+    pub open_holds: i64,
+    /// The actors with the deepest mailboxes (idle ones left out).
     pub busiest: Vec<BusyAccount>,
+    /// The actors that handled the most messages in the last whole second.
+    pub busiest_by_rate: Vec<BusyAccount>,
 }
 
 fn admin_only(caller: &AuthUser) -> Result<(), ApiError> {
@@ -36,25 +54,23 @@ fn admin_only(caller: &AuthUser) -> Result<(), ApiError> {
     }
 }
 
-/// Account actors: how many are alive, and which mailboxes are deepest.
+/// Account actors: how many are alive, which are busiest (mailbox depth, message rate),
+/// and how many holds are open.
 #[utoipa::path(tag = "admin",
-    responses((status = 200, body = ActorsView), (status = 401, body = Problem), (status = 403, body = Problem)),
+    responses((status = 200, body = ActorsView), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 503, body = Problem)),
     security(("bearer" = [])))]
 #[get("/admin/actors")]
 pub async fn actors(engine: web::Data<Engine>, caller: AuthUser) -> Result<HttpResponse, ApiError> {
     admin_only(&caller)?;
     let stats = engine.actor_stats(BUSIEST_LISTED);
+    let open_holds = engine.open_hold_count().await?;
     Ok(HttpResponse::Ok().json(ActorsView {
         active: stats.active,
         mailbox_depth: stats.mailbox_depth,
-        busiest: stats
-            .busiest
-            .into_iter()
-            .map(|(account, depth)| BusyAccount {
-                user_id: account.get(),
-                mailbox_depth: depth,
-            })
-            .collect(),
+        open_holds,
+        busiest: stats.busiest_by_mailbox.into_iter().map(BusyAccount::from).collect(),
+        busiest_by_rate: stats.busiest_by_rate.into_iter().map(BusyAccount::from).collect(),
     }))
 }
 

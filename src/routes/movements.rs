@@ -14,7 +14,7 @@ use crate::auth::AuthUser;
 use crate::domain::{parse_amount, parse_user_id};
 use crate::error::{ApiError, Code, FieldError, Problem};
 use crate::extract::{JsonBody, OptionalJsonBody, idempotency_key};
-use crate::routes::transactions::{REPLAYED_HEADER, field, respond};
+use crate::routes::transactions::{REPLAYED_HEADER, administrative, field, respond};
 use crate::routes::views::TransactionView;
 
 /// Body of a post or a reversal: how much (all of it when absent).
@@ -94,8 +94,9 @@ pub async fn post_hold(
 ) -> Result<HttpResponse, ApiError> {
     let id = transaction_id(&path)?;
     let amount = optional_amount(body)?;
-    party_record(&engine, &caller, id).await?;
-    let (record, replayed) = engine.post_hold(id, amount).await?;
+    let hold = party_record(&engine, &caller, id).await?;
+    let audit = administrative(&caller, hold.from);
+    let (record, replayed) = engine.post_hold_audited(id, amount, audit).await?;
     settled(&record, replayed, &caller)
 }
 
@@ -119,8 +120,9 @@ pub async fn void_hold(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = transaction_id(&path)?;
-    party_record(&engine, &caller, id).await?;
-    let (record, replayed) = engine.void_hold(id).await?;
+    let hold = party_record(&engine, &caller, id).await?;
+    let audit = administrative(&caller, hold.from);
+    let (record, replayed) = engine.void_hold_audited(id, audit).await?;
     settled(&record, replayed, &caller)
 }
 
@@ -168,6 +170,8 @@ pub async fn reverse(
         amount,
         initiator: Some(caller.id.get()),
         idempotency_key: key,
+        // The money leaves the original's target.
+        audit: administrative(&caller, original.to),
     };
     let (record, replayed) = engine.reverse(request).await?;
     respond(&record, replayed, &caller)
@@ -331,10 +335,13 @@ pub async fn batch(
             legs.join(", ")
         )));
     }
+    let legs: Vec<MoveRequest> = requests.into_iter().flatten().collect();
+    let audit = legs.iter().find_map(|leg| administrative(&caller, leg.from));
     let request = BatchRequest {
-        legs: requests.into_iter().flatten().collect(),
+        legs,
         initiator: Some(caller.id.get()),
         idempotency_key: idempotency_key(&http)?,
+        audit,
     };
     let (outcome, replayed) = engine.execute_batch(request).await?;
     let view = BatchView::new(&outcome, &caller);

@@ -7,8 +7,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_actors::{
-    AccountId, Engine, HistoryCursor, HistoryItem, HistoryQuery, MoveRequest, TransactionKind, TransactionRecord,
-    TransactionStatus,
+    AccountId, AuditContext, Engine, HistoryCursor, HistoryItem, HistoryQuery, MoveRequest, TransactionKind,
+    TransactionRecord, TransactionStatus,
 };
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -150,12 +150,25 @@ pub(crate) fn respond(record: &TransactionRecord, replayed: bool, caller: &AuthU
     Err(error)
 }
 
+/// Who asked, when `caller` is an admin moving money out of an account not their own (a
+/// credit, from outside the ledger, included): an administrative money action, whose
+/// audit row is written with the movement.
+pub(crate) fn administrative(caller: &AuthUser, source: AccountId) -> Option<AuditContext> {
+    (caller.is_admin() && (source.is_external() || source != caller.id)).then(|| AuditContext {
+        actor_user_id: Some(caller.id.get()),
+        request_id: crate::middleware::RequestId::current(),
+    })
+}
+
 pub(crate) fn move_request(
     request: MoveRequest,
     caller: &AuthUser,
     http: &HttpRequest,
 ) -> Result<MoveRequest, ApiError> {
     let mut request = request.initiated_by(caller.id.get());
+    if let Some(context) = administrative(caller, request.from) {
+        request = request.audited(context);
+    }
     if let Some(key) = idempotency_key(http)? {
         request = request.idempotency_key(key);
     }

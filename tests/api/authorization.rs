@@ -305,4 +305,192 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should(backend: Backen
     app.stop().await;
 }
 
-on_both_stores!(every_endpoint_answers_each_kind_of_caller_as_it_should);
+/// An admin moving money that is not only their own (a credit, a debit or transfer from
+/// someone's account, a reversal, a batch) leaves an audit row naming them and the
+/// request, written with the movement; a user's own transfers, and an admin's from
+/// their own account, are audited by the journal alone.
+async fn administrative_money_actions_are_audited(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let audit_of = |reply: &crate::helpers::Reply| {
+        let id = reply.body["id"].as_str().expect("a transaction id").to_string();
+        let store = app.engine.store().clone();
+        async move { store.audit_entries("transaction", &id).await.unwrap() }
+    };
+    let credit = app
+        .send(
+            "POST",
+            "/api/v1/transactions/credit",
+            Some(&admin.token),
+            Some(json!({ "user_id": alice.id, "amount": "50.00" })),
+        )
+        .await;
+    assert_eq!(credit.status, 201, "{}", credit.text);
+    let entries = audit_of(&credit).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].action, "credit");
+    assert_eq!(entries[0].actor_user_id, Some(admin.id));
+    assert_eq!(
+        entries[0].request_id.as_deref(),
+        credit.headers["x-request-id"].to_str().ok()
+    );
+    assert_eq!(entries[0].details["amount_minor"], 5000);
+    assert_eq!(entries[0].details["status"], "completed");
+
+    let taken = json!({ "from_user_id": alice.id, "to_user_id": bob.id, "amount": "10.00" });
+    let by_admin = app
+        .post("/api/v1/transactions/transfer", Some(&admin.token), taken.clone())
+        .await;
+    assert_eq!(by_admin.status, 201, "{}", by_admin.text);
+    assert_eq!(audit_of(&by_admin).await[0].action, "transfer");
+    // Refused, still audited: the attempt is the administrative action.
+    let too_much = json!({ "user_id": bob.id, "amount": "999.00" });
+    let refused = app
+        .post("/api/v1/transactions/debit", Some(&admin.token), too_much)
+        .await;
+    refused.assert_problem(422, "insufficient_funds");
+    let refused_entries = {
+        let id = refused.body["transaction"]["id"].as_str().unwrap().to_string();
+        app.engine.store().audit_entries("transaction", &id).await.unwrap()
+    };
+    assert_eq!(refused_entries.len(), 1);
+    assert_eq!(refused_entries[0].details["failure_reason"], "insufficient_funds");
+
+    let own = app
+        .post("/api/v1/transactions/transfer", Some(&alice.token), taken)
+        .await;
+    assert_eq!(own.status, 201, "{}", own.text);
+    assert!(
+        audit_of(&own).await.is_empty(),
+        "a user's own transfer is in the journal only"
+    );
+    let reversed = app
+        .send(
+            "POST",
+            &format!("/api/v1/transactions/{}/reverse", own.body["id"].as_str().unwrap()),
+            Some(&admin.token),
+            None,
+        )
+        .await;
+    assert_eq!(reversed.status, 201, "{}", reversed.text);
+    assert_eq!(audit_of(&reversed).await[0].action, "reversal");
+
+    let batch = app
+        .post(
+            "/api/v1/transactions/batch",
+            Some(&admin.token),
+            json!({ "legs": [
+                { "type": "transfer", "from_user_id": alice.id, "to_user_id": bob.id, "amount": "1.00" },
+                { "type": "credit", "user_id": bob.id, "amount": "2.00" },
+            ] }),
+        )
+        .await;
+    assert_eq!(batch.status, 201, "{}", batch.text);
+    for leg in batch.body["legs"].as_array().unwrap() {
+        let id = leg["id"].as_str().unwrap();
+        let entries = app.engine.store().audit_entries("transaction", id).await.unwrap();
+        assert_eq!(entries.len(), 1, "every leg of an admin's batch: {entries:?}");
+    }
+    // Holds: placed, posted and voided by an admin, each step audited on the hold.
+    let mut hold_ids = Vec::new();
+    for _ in 0..2 {
+        let hold = json!({ "from_user_id": alice.id, "to_user_id": bob.id, "amount": "3.00", "pending": true });
+        let placed = app
+            .post("/api/v1/transactions/transfer", Some(&admin.token), hold)
+            .await;
+        assert_eq!(placed.status, 201, "{}", placed.text);
+        hold_ids.push(placed.body["id"].as_str().unwrap().to_string());
+    }
+    for (id, step) in hold_ids.iter().zip(["post", "void"]) {
+        let settled = app
+            .send(
+                "POST",
+                &format!("/api/v1/transactions/{id}/{step}"),
+                Some(&admin.token),
+                None,
+            )
+            .await;
+        assert_eq!(settled.status, 200, "{}", settled.text);
+    }
+    for (id, settled) in hold_ids.iter().zip(["hold_posted", "hold_voided"]) {
+        let entries = app.engine.store().audit_entries("transaction", id).await.unwrap();
+        let actions: Vec<&str> = entries.iter().map(|entry| entry.action.as_str()).collect();
+        assert_eq!(actions, ["hold_placed", settled]);
+    }
+    // An admin's transfer from their own account is not an administrative action.
+    let funded = json!({ "user_id": admin.id, "amount": "5.00" });
+    assert_eq!(
+        app.post("/api/v1/transactions/credit", Some(&admin.token), funded)
+            .await
+            .status,
+        201
+    );
+    let from_own = json!({ "from_user_id": admin.id, "to_user_id": bob.id, "amount": "1.00" });
+    let from_own = app
+        .post("/api/v1/transactions/transfer", Some(&admin.token), from_own)
+        .await;
+    assert_eq!(from_own.status, 201, "{}", from_own.text);
+    assert!(audit_of(&from_own).await.is_empty());
+    app.stop().await;
+}
+
+/// The admins' actors view names the accounts that were busiest in the last whole
+/// second and counts the open holds.
+async fn the_actors_view_ranks_by_message_rate_and_counts_open_holds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    app.fund(&admin, &alice, "100.00").await;
+    let hold = json!({ "from_user_id": alice.id, "to_user_id": bob.id, "amount": "1.00", "pending": true });
+    let placed = app
+        .post("/api/v1/transactions/transfer", Some(&alice.token), hold)
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.text);
+    for _ in 0..5 {
+        let taken = json!({ "from_user_id": alice.id, "to_user_id": bob.id, "amount": "1.00" });
+        assert_eq!(
+            app.post("/api/v1/transactions/transfer", Some(&alice.token), taken)
+                .await
+                .status,
+            201
+        );
+    }
+    // Into the next second: the one the last transfer ran in is then the last whole one.
+    let now = chrono::Utc::now().timestamp_subsec_millis() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000 - now + 20)).await;
+    let view = app.get("/api/v1/admin/actors", Some(&admin.token)).await;
+    assert_eq!(view.status, 200, "{}", view.text);
+    assert_eq!(view.body["open_holds"], 1, "{}", view.body);
+    let by_rate = view.body["busiest_by_rate"].as_array().unwrap();
+    let ranked: Vec<i64> = by_rate.iter().map(|actor| actor["user_id"].as_i64().unwrap()).collect();
+    assert!(ranked.contains(&alice.id), "{}", view.body);
+    assert!(
+        by_rate
+            .iter()
+            .all(|actor| actor["messages_per_second"].as_u64().unwrap() > 0),
+        "{}",
+        view.body
+    );
+    let id = placed.body["id"].as_str().unwrap();
+    let voided = app
+        .send(
+            "POST",
+            &format!("/api/v1/transactions/{id}/void"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(voided.status, 200, "{}", voided.text);
+    let view = app.get("/api/v1/admin/actors", Some(&admin.token)).await;
+    assert_eq!(view.body["open_holds"], 0, "{}", view.body);
+    app.stop().await;
+}
+
+on_both_stores!(
+    every_endpoint_answers_each_kind_of_caller_as_it_should,
+    administrative_money_actions_are_audited,
+    the_actors_view_ranks_by_message_rate_and_counts_open_holds,
+);

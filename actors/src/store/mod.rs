@@ -464,11 +464,25 @@ impl Store {
 
     /// How many transactions are stored.
     pub async fn transaction_count(&self) -> anyhow::Result<i64> {
-        self.observed("transaction_count", async {
+        self.count("transaction_count", "SELECT COUNT(*) FROM transactions")
+            .await
+    }
+
+    /// Holds placed and not settled yet (an index holds exactly these rows).
+    pub async fn open_hold_count(&self) -> anyhow::Result<i64> {
+        self.count(
+            "open_hold_count",
+            "SELECT COUNT(*) FROM transactions WHERE status = 'pending'",
+        )
+        .await
+    }
+
+    async fn count(&self, operation: &'static str, sql: &'static str) -> anyhow::Result<i64> {
+        self.observed(operation, async {
             self.faults.check_read()?;
             match &self.backend {
-                Backend::Postgres(store) => store.transaction_count().await,
-                Backend::Sqlite(store) => store.transaction_count().await,
+                Backend::Postgres(store) => store.count(sql).await,
+                Backend::Sqlite(store) => store.count(sql).await,
             }
         })
         .await

@@ -413,10 +413,9 @@ impl SqliteStore {
             .collect()
     }
 
-    pub(super) async fn transaction_count(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions")
-            .fetch_one(&self.pool)
-            .await?)
+    /// The one number a `SELECT COUNT(*) …` statement answers.
+    pub(super) async fn count(&self, sql: &'static str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
 
     pub(super) async fn audit_entries(&self, entity_type: &str, entity_id: &str) -> anyhow::Result<Vec<AuditEntry>> {

@@ -224,6 +224,10 @@ async fn hammer_task(engine: Engine, seed: u64) -> Seen {
                     legs,
                     initiator: Some(1),
                     idempotency_key: Some(format!("batch-{seed}-{}", seen.batches)),
+                    audit: Some(tally_actors::AuditContext {
+                        actor_user_id: Some(1),
+                        request_id: None,
+                    }),
                 };
                 let (outcome, _) = engine.execute_batch(request).await.unwrap();
                 seen.batches += 1;
@@ -237,6 +241,7 @@ async fn hammer_task(engine: Engine, seed: u64) -> Seen {
                     amount: Some(part),
                     initiator: Some(2),
                     idempotency_key: None,
+                    audit: None,
                 };
                 match engine.reverse(request).await {
                     Ok((record, _)) => {
