@@ -649,6 +649,14 @@ impl Engine {
         // wrapping and spawning the task would otherwise copy it several times over;
         // a pointer is copied instead.
         let task = Box::pin(work(self.shared.clone(), reply));
+        // The operation's own span is a debug one; when that level is off, the task runs
+        // in its caller's span instead (a request's), so that what it logs still
+        // carries the request's id.
+        let span = if span.is_disabled() {
+            tracing::Span::current()
+        } else {
+            span
+        };
         tokio::spawn(
             async move {
                 task.await;

@@ -211,9 +211,22 @@ async fn a_store_outage_is_logged_as_a_warning_not_an_internal_error() {
         .unwrap();
     let status = reply.status().as_u16();
     let body: Value = reply.json().await.unwrap();
+    // A keyed write: its key is looked up in the store by the engine's own task, which
+    // logs the failure at the default level with the request's id.
+    let keyed = client
+        .post(format!("{base}/transactions/credit"))
+        .bearer_auth(&access)
+        .header("x-request-id", "log-test-keyed")
+        .header("idempotency-key", "log-test-key")
+        .json(&json!({ "user_id": 1, "amount": "1.00" }))
+        .send()
+        .await
+        .unwrap();
+    let keyed_status = keyed.status().as_u16();
     outage(true).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "unavailable", "{body}");
+    assert_eq!(keyed_status, 503);
 
     let (_, lines, _) = server.stop();
     let captured: Vec<Value> = lines
@@ -229,6 +242,13 @@ async fn a_store_outage_is_logged_as_a_warning_not_an_internal_error() {
             .iter()
             .any(|line| line["level"] == "WARN" && line["message"] == "unavailable; answered 503"),
         "the outage is logged as a warning: {of_the_request:?}"
+    );
+    assert!(
+        captured
+            .iter()
+            .any(|line| line["span"]["request_id"] == "log-test-keyed"
+                && line["message"] == "cannot look up an idempotency key"),
+        "what the engine's task logs carries the request's id: {captured:?}"
     );
     assert!(
         !captured.iter().any(|line| line["message"] == "internal error"),
