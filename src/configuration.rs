@@ -46,6 +46,50 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     /// Worker threads of the HTTP server (default: one per core).
     pub workers: Option<usize>,
+    /// Headers every response carries, by name (see [`security_headers`]).
+    pub security_headers: Vec<(&'static str, String)>,
+}
+
+/// The security headers of every response: `X-Content-Type-Options: nosniff` and
+/// `Cache-Control: no-store` always (balances must not be cached or sniffed), and the
+/// configurable ones: each has a default, `off` leaves it out, and
+/// `Strict-Transport-Security` is sent only when `TALLY_HSTS_MAX_AGE_SECONDS` is set
+/// (behind TLS).
+fn security_headers(env: &Environment) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let mut headers = vec![
+        ("X-Content-Type-Options", "nosniff".to_string()),
+        ("Cache-Control", "no-store".to_string()),
+    ];
+    for (variable, header, default) in [
+        (
+            "TALLY_CONTENT_SECURITY_POLICY",
+            "Content-Security-Policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        ("TALLY_FRAME_OPTIONS", "X-Frame-Options", "DENY"),
+        ("TALLY_REFERRER_POLICY", "Referrer-Policy", "no-referrer"),
+    ] {
+        let value = env.get(variable).map(str::trim).unwrap_or(default);
+        if value.eq_ignore_ascii_case("off") {
+            continue;
+        }
+        if actix_web::http::header::HeaderValue::from_str(value).is_err() {
+            return Err(ConfigError {
+                name: variable,
+                value: value.to_string(),
+                expected: "a header value (visible ASCII), or off",
+            });
+        }
+        headers.push((header, value.to_string()));
+    }
+    if env.get("TALLY_HSTS_MAX_AGE_SECONDS").is_some() {
+        let seconds = env.positive("TALLY_HSTS_MAX_AGE_SECONDS", 1)?;
+        headers.push((
+            "Strict-Transport-Security",
+            format!("max-age={seconds}; includeSubDomains"),
+        ));
+    }
+    Ok(headers)
 }
 
 #[derive(Clone, Debug)]
@@ -343,6 +387,7 @@ impl Settings {
                 request_timeout: Duration::from_secs(env.positive("TALLY_REQUEST_TIMEOUT_SECONDS", 30)? as u64),
                 cors_origins,
                 workers,
+                security_headers: security_headers(env)?,
             },
             auth: AuthConfig {
                 jwt_secret,
@@ -425,6 +470,8 @@ mod tests {
             ("LOG_FORMAT", "xml", "json or pretty"),
             ("TALLY_ENV", "staging", "production or development"),
             ("TALLY_ADMIN_USERNAME", "root", "TALLY_ADMIN_PASSWORD"),
+            ("TALLY_FRAME_OPTIONS", "DENY\u{7}", "header value"),
+            ("TALLY_HSTS_MAX_AGE_SECONDS", "a year", "positive"),
         ];
         for (name, value, hint) in cases {
             let error = Settings::from_environment(&Environment::from_pairs([(name, value)])).unwrap_err();
@@ -432,6 +479,31 @@ mod tests {
             assert!(line.contains(name) && line.contains(hint), "{name}: {line}");
             assert!(!line.contains('\n'), "one line");
         }
+    }
+
+    #[test]
+    fn security_headers_have_defaults_can_be_changed_or_left_out_and_hsts_is_opt_in() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let settings = Settings::from_environment(&Environment::from_pairs(pairs.iter().copied())).unwrap();
+            settings.http.security_headers.into_iter().collect::<HashMap<_, _>>()
+        };
+        let defaults = headers(&[]);
+        assert_eq!(defaults["X-Frame-Options"], "DENY");
+        assert_eq!(defaults["Referrer-Policy"], "no-referrer");
+        assert_eq!(defaults["X-Content-Type-Options"], "nosniff");
+        assert!(!defaults.contains_key("Strict-Transport-Security"));
+        let changed = headers(&[
+            ("TALLY_FRAME_OPTIONS", "SAMEORIGIN"),
+            ("TALLY_CONTENT_SECURITY_POLICY", "off"),
+            ("TALLY_HSTS_MAX_AGE_SECONDS", "31536000"),
+        ]);
+        assert_eq!(changed["X-Frame-Options"], "SAMEORIGIN");
+        assert!(!changed.contains_key("Content-Security-Policy"));
+        assert_eq!(
+            changed["Strict-Transport-Security"],
+            "max-age=31536000; includeSubDomains"
+        );
+        assert_eq!(changed["Cache-Control"], "no-store", "not configurable");
     }
 
     #[test]

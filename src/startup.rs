@@ -248,12 +248,11 @@ impl Application {
                 .wrap(problem_bodies())
                 .wrap(cors)
                 .wrap(
-                    DefaultHeaders::new()
-                        .add(("X-Content-Type-Options", "nosniff"))
-                        .add(("X-Frame-Options", "DENY"))
-                        .add(("Referrer-Policy", "no-referrer"))
-                        .add(("Cache-Control", "no-store"))
-                        .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")),
+                    http.security_headers
+                        .iter()
+                        .fold(DefaultHeaders::new(), |headers, (name, value)| {
+                            headers.add((*name, value.as_str()))
+                        }),
                 )
                 .wrap(RequestGuard {
                     timeout: http.request_timeout,

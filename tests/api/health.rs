@@ -132,4 +132,23 @@ async fn cors_allows_only_the_configured_origins(backend: Backend) {
     app.stop().await;
 }
 
-on_both_stores!(cors_allows_only_the_configured_origins);
+async fn security_headers_follow_the_configuration(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(
+        backend,
+        &[("TALLY_HSTS_MAX_AGE_SECONDS", "600"), ("TALLY_FRAME_OPTIONS", "off")],
+    )
+    .await;
+    let reply = app.get("/healthz", None).await;
+    assert_eq!(
+        reply.headers["strict-transport-security"],
+        "max-age=600; includeSubDomains"
+    );
+    assert!(reply.headers.get("x-frame-options").is_none());
+    assert_eq!(reply.headers["x-content-type-options"], "nosniff");
+    app.stop().await;
+}
+
+on_both_stores!(
+    cors_allows_only_the_configured_origins,
+    security_headers_follow_the_configuration,
+);
