@@ -83,7 +83,8 @@ fn security_headers(env: &Environment) -> Result<Vec<(&'static str, String)>, Co
         headers.push((header, value.to_string()));
     }
     if env.get("TALLY_HSTS_MAX_AGE_SECONDS").is_some() {
-        let seconds = env.positive("TALLY_HSTS_MAX_AGE_SECONDS", 1)?;
+        // 0 is allowed: it tells browsers to forget an earlier policy.
+        let seconds: u64 = env.parse("TALLY_HSTS_MAX_AGE_SECONDS", 0, "a whole number of seconds")?;
         headers.push((
             "Strict-Transport-Security",
             format!("max-age={seconds}; includeSubDomains"),
@@ -471,7 +472,7 @@ mod tests {
             ("TALLY_ENV", "staging", "production or development"),
             ("TALLY_ADMIN_USERNAME", "root", "TALLY_ADMIN_PASSWORD"),
             ("TALLY_FRAME_OPTIONS", "DENY\u{7}", "header value"),
-            ("TALLY_HSTS_MAX_AGE_SECONDS", "a year", "positive"),
+            ("TALLY_HSTS_MAX_AGE_SECONDS", "a year", "whole number of seconds"),
         ];
         for (name, value, hint) in cases {
             let error = Settings::from_environment(&Environment::from_pairs([(name, value)])).unwrap_err();

@@ -60,7 +60,9 @@ pub fn init(settings: &LogSettings) -> Telemetry {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            // The spans a line is in, outermost first: a line in an engine step's span
+            // (at debug) still carries its request's id, from the request's span.
+            .with_span_list(true)
             .with_filter(filter)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().with_filter(filter).boxed(),

@@ -186,7 +186,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, request: BatchRequest, reply: R
         failed_leg,
     };
     let write = PendingWrite {
-        audit: crate::engine::money_audit(request.audit.as_ref(), &records),
+        audit: crate::engine::money_audit(request.audit.as_ref(), None, &records),
         transactions: records,
         effects,
         applied_at: Instant::now(),

@@ -291,8 +291,13 @@ pub struct ReversalRequest {
 }
 
 /// The audit rows of an administrative money action: one per transaction it recorded
-/// (refused ones too: the attempt is what is audited), written in the same batch.
-pub(crate) fn money_audit(context: Option<&AuditContext>, records: &[TransactionRecord]) -> Vec<AuditEntry> {
+/// (refused ones too: the attempt is what is audited), written in the same batch, each
+/// named `action` (a hold's placement or settlement) or else by its kind.
+pub(crate) fn money_audit(
+    context: Option<&AuditContext>,
+    action: Option<&'static str>,
+    records: &[TransactionRecord],
+) -> Vec<AuditEntry> {
     let Some(context) = context else {
         return Vec::new();
     };
@@ -302,13 +307,7 @@ pub(crate) fn money_audit(context: Option<&AuditContext>, records: &[Transaction
             id: Uuid::now_v7(),
             entity_type: "transaction".into(),
             entity_id: record.id.to_string(),
-            action: match record.status {
-                TransactionStatus::Pending => "hold_placed",
-                TransactionStatus::Posted => "hold_posted",
-                TransactionStatus::Voided => "hold_voided",
-                _ => record.kind.as_str(),
-            }
-            .into(),
+            action: action.unwrap_or(record.kind.as_str()).into(),
             actor_user_id: context.actor_user_id,
             details: serde_json::json!({
                 "from_user_id": record.from.get(),
@@ -830,7 +829,11 @@ async fn coordinate(shared: Arc<Shared>, request: MoveRequest, reply: Reply<Tran
     };
     tracing::Span::current().record("outcome", record.status.as_str());
     let write = PendingWrite {
-        audit: money_audit(request.audit.as_ref(), std::slice::from_ref(&record)),
+        audit: money_audit(
+            request.audit.as_ref(),
+            request.hold.map(|_| "hold_placed"),
+            std::slice::from_ref(&record),
+        ),
         transactions: vec![record.clone()],
         effects,
         applied_at: Instant::now(),

@@ -181,7 +181,14 @@ pub(crate) async fn settle(
     };
     tracing::Span::current().record("outcome", record.status.as_str());
     let write = PendingWrite {
-        audit: crate::engine::money_audit(audit.as_ref(), std::slice::from_ref(&record)),
+        audit: crate::engine::money_audit(
+            audit.as_ref(),
+            Some(match settlement {
+                Settlement::Post(_) => "hold_posted",
+                Settlement::Void | Settlement::Expire => "hold_voided",
+            }),
+            std::slice::from_ref(&record),
+        ),
         transactions: vec![record.clone()],
         effects,
         applied_at: Instant::now(),

@@ -142,6 +142,15 @@ pub struct PersisterStatus {
 /// the database's internals.
 fn failure_kind(error: &anyhow::Error) -> &'static str {
     match error.chain().find_map(|cause| cause.downcast_ref::<sqlx::Error>()) {
+        // Connection exceptions (class 08) and a server shutting down, restarting or
+        // starting up (57P01-57P03) are the database being away, not a refusal.
+        Some(sqlx::Error::Database(database))
+            if database
+                .code()
+                .is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")) =>
+        {
+            "database_unreachable"
+        }
         Some(sqlx::Error::Database(_)) => "database_refused_the_batch",
         Some(
             sqlx::Error::Io(_)
@@ -763,6 +772,54 @@ fn select_ready(pending: &mut Vec<PendingWrite>, durable: &DurableVersions) -> V
 
 #[cfg(test)]
 mod tests {
+    /// A database error with a SQLSTATE code, as PostgreSQL would send it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "internal detail of the database ({})", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "internal detail of the database"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_named_by_its_kind_never_by_its_text() {
+        let kind = |error: sqlx::Error| failure_kind(&anyhow::Error::new(error).context("writing a batch"));
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(kind(sqlx::Error::Io(io)), "database_unreachable");
+        assert_eq!(kind(sqlx::Error::PoolTimedOut), "database_unreachable");
+        for away in ["57P01", "57P03", "08006"] {
+            let error = sqlx::Error::Database(Box::new(Sqlstate(away)));
+            assert_eq!(kind(error), "database_unreachable", "{away}");
+        }
+        let full = sqlx::Error::Database(Box::new(Sqlstate("53100")));
+        assert_eq!(kind(full), "database_refused_the_batch");
+        assert_eq!(failure_kind(&anyhow::anyhow!("injected")), "batch_write_failed");
+    }
+
     use chrono::Utc;
 
     use super::*;

@@ -263,8 +263,9 @@ impl Registry {
             .sum()
     }
 
-    /// The `count` live actors with the deepest mailboxes, and the `count` that handled
-    /// the most messages in the last whole second before `now_ms` (idle ones left out).
+    /// The `count` live actors with the deepest mailboxes (empty ones left out), and the
+    /// `count` that handled the most messages in the last whole second before `now_ms`
+    /// (idle ones left out).
     pub fn busiest(&self, count: usize, now_ms: i64) -> (Vec<BusyActor>, Vec<BusyActor>) {
         let all: Vec<BusyActor> = self
             .actors
@@ -277,7 +278,7 @@ impl Registry {
             .filter(|actor| actor.mailbox_depth > 0 || actor.messages_per_second > 0)
             .collect();
         let top = |key: fn(&BusyActor) -> u64| {
-            let mut ranked = all.clone();
+            let mut ranked: Vec<BusyActor> = all.iter().copied().filter(|actor| key(actor) > 0).collect();
             ranked.sort_unstable_by(|a, b| key(b).cmp(&key(a)).then(a.account.cmp(&b.account)));
             ranked.truncate(count);
             ranked

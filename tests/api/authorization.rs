@@ -414,6 +414,17 @@ async fn administrative_money_actions_are_audited(backend: Backend) {
             .await;
         assert_eq!(settled.status, 200, "{}", settled.text);
     }
+    let beyond = json!({ "from_user_id": alice.id, "to_user_id": bob.id, "amount": "900.00", "pending": true });
+    let refused_hold = app
+        .post("/api/v1/transactions/transfer", Some(&admin.token), beyond)
+        .await;
+    refused_hold.assert_problem(422, "insufficient_funds");
+    let id = refused_hold.body["transaction"]["id"].as_str().unwrap();
+    let entries = app.engine.store().audit_entries("transaction", id).await.unwrap();
+    assert_eq!(
+        entries[0].action, "hold_placed",
+        "a refused hold is still a hold: {entries:?}"
+    );
     for (id, settled) in hold_ids.iter().zip(["hold_posted", "hold_voided"]) {
         let entries = app.engine.store().audit_entries("transaction", id).await.unwrap();
         let actions: Vec<&str> = entries.iter().map(|entry| entry.action.as_str()).collect();

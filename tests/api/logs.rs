@@ -168,9 +168,23 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
 /// error" an operator is paged for.
 #[actix_web::test]
 async fn a_store_outage_is_logged_as_a_warning_not_an_internal_error() {
+    for level in ["info", "debug"] {
+        a_store_outage_is_logged_at(level).await;
+    }
+}
+
+/// Whether `line` was logged in the request `id`: in its span or one around it.
+fn logged_in_request(line: &Value, id: &str) -> bool {
+    line["span"]["request_id"] == id
+        || line["spans"]
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|span| span["request_id"] == id))
+}
+
+async fn a_store_outage_is_logged_at(level: &str) {
     let db = TestDb::create(Backend::Postgres).await;
     let name = db.url.rsplit('/').next().unwrap().to_string();
-    let server = LoggedServer::start(&db.url, "info");
+    let server = LoggedServer::start(&db.url, level);
     let base = server.base.clone();
     let client = reqwest::Client::new();
     let access = server.admin_login(&client).await["access_token"]
@@ -235,7 +249,7 @@ async fn a_store_outage_is_logged_as_a_warning_not_an_internal_error() {
         .collect();
     let of_the_request: Vec<&Value> = captured
         .iter()
-        .filter(|line| line["span"]["request_id"] == "log-test-outage")
+        .filter(|line| logged_in_request(line, "log-test-outage"))
         .collect();
     assert!(
         of_the_request
@@ -246,9 +260,9 @@ async fn a_store_outage_is_logged_as_a_warning_not_an_internal_error() {
     assert!(
         captured
             .iter()
-            .any(|line| line["span"]["request_id"] == "log-test-keyed"
+            .any(|line| logged_in_request(line, "log-test-keyed")
                 && line["message"] == "cannot look up an idempotency key"),
-        "what the engine's task logs carries the request's id: {captured:?}"
+        "what the engine's task logs at {level} carries the request's id: {captured:?}"
     );
     assert!(
         !captured.iter().any(|line| line["message"] == "internal error"),
