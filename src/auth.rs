@@ -99,6 +99,14 @@ impl AuthUser {
     pub fn may_act_for(&self, user: AccountId) -> bool {
         self.is_admin() || self.id == user
     }
+
+    /// The caller and the request being handled, for an audit row.
+    pub fn audit_context(&self) -> tally_actors::AuditContext {
+        tally_actors::AuditContext {
+            actor_user_id: Some(self.id.get()),
+            request_id: crate::middleware::RequestId::current(),
+        }
+    }
 }
 
 /// Tokens denied before they expire (logout). In-process; shared across instances

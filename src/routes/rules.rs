@@ -5,14 +5,13 @@
 use actix_web::{HttpResponse, get, put, web};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tally_actors::{AccountBalance, AccountRules, AccountStatus, AuditContext, Engine};
+use tally_actors::{AccountBalance, AccountRules, AccountStatus, Engine};
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
 use crate::domain::{format_minor, parse_limit};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::extract::{JsonBody, path_user_id};
-use crate::middleware::RequestId;
 use crate::routes::transactions::field;
 
 /// An account's rules and what they leave free today.
@@ -134,10 +133,7 @@ pub async fn put_rules(
         max_balance: max_balance.flatten(),
         daily_debit_cap: daily_debit_cap.flatten(),
     };
-    let audit = || AuditContext {
-        actor_user_id: Some(caller.id.get()),
-        request_id: RequestId::current(),
-    };
+    let audit = || caller.audit_context();
     let current = engine.balance(user).await?;
     let mut balance = current;
     // Rules first: a closed account takes no new rules.

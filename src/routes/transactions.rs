@@ -154,10 +154,7 @@ pub(crate) fn respond(record: &TransactionRecord, replayed: bool, caller: &AuthU
 /// credit, from outside the ledger, included): an administrative money action, whose
 /// audit row is written with the movement.
 pub(crate) fn administrative(caller: &AuthUser, source: AccountId) -> Option<AuditContext> {
-    (caller.is_admin() && (source.is_external() || source != caller.id)).then(|| AuditContext {
-        actor_user_id: Some(caller.id.get()),
-        request_id: crate::middleware::RequestId::current(),
-    })
+    (caller.is_admin() && (source.is_external() || source != caller.id)).then(|| caller.audit_context())
 }
 
 pub(crate) fn move_request(

@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, delete, get, put, web};
 use serde::Deserialize;
-use tally_actors::{AccountStatus, AuditContext, Engine, EngineError, Role, UserChanges, UserRecord};
+use tally_actors::{AccountStatus, Engine, EngineError, Role, UserChanges, UserRecord};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Auth, AuthUser};
 use crate::domain::{validate_email, validate_password, validate_username};
 use crate::error::{ApiError, Code, FieldError, Problem};
 use crate::extract::{JsonBody, Query, from_str_opt, path_user_id};
-use crate::middleware::RequestId;
 use crate::routes::auth::{audit, hash_password, store_error, user_write_error};
 use crate::routes::views::{Page, UserView, decode_cursor, encode_cursor, page_size};
 
@@ -230,10 +229,7 @@ pub async fn remove(
 ) -> Result<HttpResponse, ApiError> {
     let target = visible_user(&engine, &caller, &path).await?;
     let account = path_user_id(&path)?;
-    let context = AuditContext {
-        actor_user_id: Some(caller.id.get()),
-        request_id: RequestId::current(),
-    };
+    let context = caller.audit_context();
     match engine.set_status(account, AccountStatus::Closed, context).await {
         Ok(_) => {}
         // Closed by an earlier attempt that did not get to delete the user.
