@@ -61,12 +61,73 @@ impl RequestId {
 }
 
 /// The outermost layer: request id, a span and an access log line per request, HTTP
-/// metrics, panics caught, a time limit.
+/// metrics, panics caught, a time limit, and the security headers on every answer.
 #[derive(Clone, Debug)]
 pub struct RequestGuard {
     pub timeout: Duration,
     pub metrics: Option<HttpMetrics>,
     pub routes: RouteTemplates,
+    pub headers: SecurityHeaders,
+}
+
+/// Headers every response carries (see `configuration::security_headers`), errors
+/// included: those the guard answers itself (a panic, a timeout) and those a middleware
+/// answers before any handler runs (the per-IP limit), which never pass through a
+/// response-side middleware.
+#[derive(Clone, Debug, Default)]
+pub struct SecurityHeaders(Rc<Vec<(HeaderName, HeaderValue)>>);
+
+impl SecurityHeaders {
+    /// From the configuration's (name, value) pairs, already checked to be valid headers.
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        SecurityHeaders(Rc::new(
+            pairs
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        HeaderValue::from_str(value).ok()?,
+                    ))
+                })
+                .collect(),
+        ))
+    }
+
+    /// Set each header the response does not set itself.
+    fn apply(&self, headers: &mut header::HeaderMap) {
+        for (name, value) in self.0.iter() {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// An error answered by the guard, rendered (by the server, after the guard is done)
+/// with the request's id and the security headers.
+#[derive(Debug)]
+struct Guarded {
+    error: Error,
+    headers: SecurityHeaders,
+    request_id: String,
+}
+
+impl std::fmt::Display for Guarded {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, formatter)
+    }
+}
+
+impl ResponseError for Guarded {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.error.as_response_error().status_code()
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let mut response = CURRENT_REQUEST_ID.sync_scope(self.request_id.clone(), || self.error.error_response());
+        self.headers.apply(response.headers_mut());
+        response
+    }
 }
 
 /// The route templates the server serves, to name a request by its template (never
@@ -117,6 +178,7 @@ where
             timeout: self.timeout,
             metrics: self.metrics.clone(),
             routes: self.routes.clone(),
+            headers: self.headers.clone(),
         }))
     }
 }
@@ -127,6 +189,7 @@ pub struct RequestGuardService<S> {
     timeout: Duration,
     metrics: Option<HttpMetrics>,
     routes: RouteTemplates,
+    headers: SecurityHeaders,
 }
 
 impl<S, B> Service<ServiceRequest> for RequestGuardService<S>
@@ -163,6 +226,7 @@ where
         let service = self.service.clone();
         let timeout = self.timeout;
         let metrics = self.metrics.clone();
+        let headers = self.headers.clone();
         let started = std::time::Instant::now();
         let id = request_id.0.clone();
         // Counts and logs one answered request.
@@ -182,8 +246,16 @@ where
         };
         // The request cannot be kept for building a response here (routing needs it
         // unshared), so a panic or a timeout becomes an error the server renders; the
-        // error carries the request id itself.
+        // error carries the request id and the security headers itself.
         let handled = async move {
+            let guarded = |error: Error| -> Error {
+                Guarded {
+                    error,
+                    headers: headers.clone(),
+                    request_id: id.clone(),
+                }
+                .into()
+            };
             let call = std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request)));
             let outcome = match call {
                 Ok(future) => tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await,
@@ -193,7 +265,7 @@ where
                 Ok(Ok(Ok(response))) => response.map_into_boxed_body(),
                 Ok(Ok(Err(error))) => {
                     finish(error.as_response_error().status_code().as_u16(), None);
-                    return Err(error);
+                    return Err(guarded(error));
                 }
                 Ok(Err(panic)) => {
                     let message = panic
@@ -203,7 +275,7 @@ where
                         .unwrap_or_default();
                     let error = ApiError::internal(anyhow::anyhow!("a request handler panicked: {message}"));
                     finish(500, None);
-                    return Err(error.for_request(&id).into());
+                    return Err(guarded(error.for_request(&id).into()));
                 }
                 Err(_) => {
                     let error = ApiError::new(
@@ -214,10 +286,11 @@ where
                         ),
                     );
                     finish(503, None);
-                    return Err(error.for_request(&id).into());
+                    return Err(guarded(error.for_request(&id).into()));
                 }
             };
             let mut response = response;
+            headers.apply(response.headers_mut());
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response
                     .headers_mut()
@@ -345,6 +418,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             metrics: Some(metrics.clone()),
             routes: RouteTemplates::new(["/panic"]),
+            headers: SecurityHeaders::new([("X-Content-Type-Options", "nosniff")]),
         }))
         .await;
         let request = test::TestRequest::get()
@@ -355,6 +429,7 @@ mod tests {
         let response = error.error_response();
         assert_eq!(response.status().as_u16(), 500);
         assert_eq!(response.headers().get(REQUEST_ID_HEADER).unwrap(), "abc-123");
+        assert_eq!(response.headers().get("x-content-type-options").unwrap(), "nosniff");
         let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], "internal_error");
@@ -373,6 +448,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             metrics: None,
             routes: RouteTemplates::default(),
+            headers: SecurityHeaders::new([("Cache-Control", "no-store")]),
         }))
         .await;
         let error = app
@@ -382,6 +458,7 @@ mod tests {
         let response = error.error_response();
         assert_eq!(response.status().as_u16(), 503);
         assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+        assert_eq!(response.headers().get("cache-control").unwrap(), "no-store");
         let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], "request_timeout");

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
-use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tally_actors::{Engine, Role, Store};
@@ -20,7 +19,7 @@ use crate::configuration::{JWT_SECRET_BYTES_MIN, Settings};
 use crate::error::{ApiError, Code};
 use crate::extract::BODY_SIZE_MAX;
 use crate::metrics::HttpMetrics;
-use crate::middleware::{RequestGuard, RouteTemplates, limit_per_ip, problem_bodies};
+use crate::middleware::{RequestGuard, RouteTemplates, SecurityHeaders, limit_per_ip, problem_bodies};
 use crate::rate_limit::RateLimiter;
 use crate::redis_link::RedisLink;
 use crate::routes::{admin, auth, balances, health, movements, openapi, rules, transactions, users};
@@ -247,17 +246,15 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(limit_per_ip))
                 .wrap(problem_bodies())
                 .wrap(cors)
-                .wrap(
-                    http.security_headers
-                        .iter()
-                        .fold(DefaultHeaders::new(), |headers, (name, value)| {
-                            headers.add((*name, value.as_str()))
-                        }),
-                )
                 .wrap(RequestGuard {
                     timeout: http.request_timeout,
                     metrics: Some(http_metrics.clone()),
                     routes: RouteTemplates::new(templates.iter().map(String::as_str)),
+                    headers: SecurityHeaders::new(
+                        http.security_headers
+                            .iter()
+                            .map(|(name, value)| (*name, value.as_str())),
+                    ),
                 })
         })
         .shutdown_timeout(settings.shutdown_timeout.as_secs());

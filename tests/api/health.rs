@@ -148,7 +148,41 @@ async fn security_headers_follow_the_configuration(backend: Backend) {
     app.stop().await;
 }
 
+/// The per-IP limit answers before any handler runs, yet its 429 carries the security
+/// headers like every other answer.
+async fn a_refusal_by_the_per_ip_limit_carries_the_security_headers(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(
+        backend,
+        &[
+            ("TALLY_RATE_LIMIT_IP_PER_SECOND", "1"),
+            ("TALLY_RATE_LIMIT_IP_BURST", "2"),
+        ],
+    )
+    .await;
+    let mut refused = None;
+    for _ in 0..10 {
+        let reply = app.get("/api/v1/balances/current", None).await;
+        if reply.status == 429 {
+            refused = Some(reply);
+            break;
+        }
+    }
+    let refused = refused.expect("the per-IP limit refuses within 10 requests");
+    refused.assert_problem(429, "rate_limited");
+    for (header, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(refused.headers[header], value, "{header}");
+    }
+    assert!(refused.headers.get("x-request-id").is_some());
+    app.stop().await;
+}
+
 on_both_stores!(
+    a_refusal_by_the_per_ip_limit_carries_the_security_headers,
     cors_allows_only_the_configured_origins,
     security_headers_follow_the_configuration,
 );
