@@ -5,17 +5,18 @@
 //! outside its runtime makes that runtime's thread leave its poll), and each wake lets
 //! that thread preempt the persister before it has acknowledged the rest of the batch.
 //! So the waiters of one thread form a [`Group`]: the persister marks every write of a
-//! batch durable, then wakes one waiter per group, and that waiter, run on its own
-//! thread, wakes the others of its group whose writes are settled. Those wakes are local
-//! to the thread's runtime and cost no system call.
+//! batch durable, hands the group the batch's settled waiters, then wakes one of them,
+//! and that waiter, run on its own thread, wakes the others. Those wakes are local to
+//! the thread's runtime and cost no system call.
 //!
-//! Whoever leaves a group — a waiter that completes, or one dropped before it did —
-//! wakes every settled waiter still in it, so the duty to wake never ends with a waiter
-//! that is gone.
+//! A group holds only waiters already settled and not yet woken: whoever leaves it — a
+//! waiter that completes, or one dropped — takes them all and wakes them, so the duty to
+//! wake never ends with a waiter that is gone, and leaving costs nothing for the writes
+//! still pending (relaxed durability keeps tens of thousands of them waiting per thread).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -29,13 +30,12 @@ const DROPPED: u8 = 2;
 struct Slot {
     state: AtomicU8,
     waker: Mutex<Option<Waker>>,
+    /// The waiter has left its group (set under the group's lock): the slot is not
+    /// handed to the group, where no one would be left to take it.
+    gone: AtomicBool,
 }
 
 impl Slot {
-    fn settled(&self) -> bool {
-        self.state.load(Ordering::Acquire) != PENDING
-    }
-
     fn wake(&self) {
         let waker = self.waker.lock().expect("ack waker lock").take();
         if let Some(waker) = waker {
@@ -44,39 +44,37 @@ impl Slot {
     }
 }
 
-/// The writes waited on from one thread and not yet collected by their waiters.
+/// The waiters of one thread whose writes are settled and who have not been woken yet.
 #[derive(Debug, Default)]
 struct Group {
-    waiting: Mutex<Vec<Arc<Slot>>>,
+    settled: Mutex<Vec<Arc<Slot>>>,
 }
 
 impl Group {
-    /// Take `slot` out of the group and wake every other settled waiter in it.
+    /// `slot`'s waiter leaves: wake every other settled waiter of the group.
     fn leave(&self, slot: &Arc<Slot>) {
-        let mut settled = Vec::new();
-        self.waiting.lock().expect("ack group lock").retain(|other| {
-            if Arc::ptr_eq(other, slot) {
-                false
-            } else if other.settled() {
-                settled.push(other.clone());
-                false
-            } else {
-                true
-            }
-        });
+        let settled = {
+            let mut settled = self.settled.lock().expect("ack group lock");
+            slot.gone.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *settled)
+        };
         // Woken outside the lock: a waiter woken here may run on another core at once
         // and leave the group itself.
         for other in settled {
-            other.wake();
+            if !Arc::ptr_eq(&other, slot) {
+                other.wake();
+            }
         }
     }
 
-    /// Wake one settled waiter of the group, which wakes the rest when it runs.
-    fn wake_one(&self) {
-        let waiting = self.waiting.lock().expect("ack group lock");
+    /// Hand the group settled waiters and wake one of them, which wakes the rest when it
+    /// runs (or when it is dropped).
+    fn settle(&self, slots: Vec<Arc<Slot>>) {
+        let mut settled = self.settled.lock().expect("ack group lock");
+        settled.extend(slots.into_iter().filter(|slot| !slot.gone.load(Ordering::Relaxed)));
         // Under the lock, so the waiter cannot leave between being chosen and woken
         // (and once woken, it wakes the others whether it completes or is dropped).
-        if let Some(slot) = waiting.iter().find(|slot| slot.settled()) {
+        if let Some(slot) = settled.first() {
             slot.wake();
         }
     }
@@ -87,11 +85,10 @@ thread_local! {
 }
 
 /// A new acknowledgement: the persister keeps the sender, the caller awaits the
-/// [`Durable`], which joins the group of the calling thread.
+/// [`Durable`], which belongs to the group of the calling thread.
 pub(crate) fn channel() -> (AckSender, Durable) {
     let slot = Arc::new(Slot::default());
     let group = GROUP.with(Arc::clone);
-    group.waiting.lock().expect("ack group lock").push(slot.clone());
     (
         AckSender {
             slot: slot.clone(),
@@ -124,19 +121,21 @@ impl Drop for AckSender {
     }
 }
 
-/// Acknowledge every write of a committed batch: all are marked durable first, then one
-/// waiter per thread is woken.
+/// Acknowledge every write of a committed batch: all are marked durable first, then
+/// each thread's group gets its settled waiters and one of them is woken.
 pub(crate) fn acknowledge(senders: impl IntoIterator<Item = AckSender>) {
-    let mut groups: Vec<Arc<Group>> = Vec::new();
+    let mut groups: Vec<(Arc<Group>, Vec<Arc<Slot>>)> = Vec::new();
     for mut sender in senders {
         sender.sent = true;
         sender.slot.state.store(DURABLE, Ordering::Release);
-        if !groups.iter().any(|group| Arc::ptr_eq(group, &sender.group)) {
-            groups.push(sender.group.clone());
+        let slot = sender.slot.clone();
+        match groups.iter_mut().find(|(group, _)| Arc::ptr_eq(group, &sender.group)) {
+            Some((_, slots)) => slots.push(slot),
+            None => groups.push((sender.group.clone(), vec![slot])),
         }
     }
-    for group in groups {
-        group.wake_one();
+    for (group, slots) in groups {
+        group.settle(slots);
     }
 }
 
@@ -241,7 +240,7 @@ mod tests {
         for (waiter, counter) in waiters.iter_mut().zip(&counters) {
             assert_eq!(poll(waiter, counter), Poll::Ready(Ok(())));
         }
-        GROUP.with(|group| assert!(group.waiting.lock().unwrap().is_empty(), "every waiter left"));
+        GROUP.with(|group| assert!(group.settled.lock().unwrap().is_empty(), "every waiter was woken"));
     }
 
     #[test]
@@ -255,6 +254,30 @@ mod tests {
         drop(waiters.remove(chosen));
         assert_eq!(wakes(&counters[other]), 1, "the dropped waiter woke the other");
         assert_eq!(poll(&mut waiters[0], &counters[other]), Poll::Ready(Ok(())));
+    }
+
+    #[test]
+    fn a_waiter_gone_before_its_write_is_acknowledged_is_never_the_one_chosen() {
+        let (gone_sender, gone) = channel();
+        let (live_sender, mut live) = channel();
+        let counter = Arc::<Counter>::default();
+        assert_eq!(poll(&mut live, &counter), Poll::Pending);
+        drop(gone);
+        acknowledge([gone_sender, live_sender]);
+        assert_eq!(wakes(&counter), 1, "the live waiter is woken, not the gone one");
+        assert_eq!(poll(&mut live, &counter), Poll::Ready(Ok(())));
+    }
+
+    #[test]
+    fn pending_writes_are_not_held_by_the_group() {
+        let (_senders, mut waiters): (Vec<_>, Vec<_>) = (0..1000).map(|_| channel()).unzip();
+        let counter = Arc::<Counter>::default();
+        for waiter in &mut waiters {
+            assert_eq!(poll(waiter, &counter), Poll::Pending);
+        }
+        GROUP.with(|group| assert!(group.settled.lock().unwrap().is_empty()));
+        waiters.truncate(1);
+        assert_eq!(wakes(&counter), 0, "leaving wakes no pending waiter");
     }
 
     #[test]
