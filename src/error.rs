@@ -183,9 +183,6 @@ pub struct ApiErrorParts {
     pub retry_after_seconds: Option<u64>,
     /// What went wrong inside, for the log only.
     pub cause: Option<anyhow::Error>,
-    /// The request answered, when the error is rendered outside its task (the server
-    /// renders errors of the outermost layer).
-    pub request_id: Option<String>,
     /// The budget that refused a rate-limited request: (limit, remaining, reset seconds).
     pub rate_limit: Option<(u32, u32, u64)>,
 }
@@ -200,7 +197,6 @@ impl ApiError {
             batch: None,
             retry_after_seconds: None,
             cause: None,
-            request_id: None,
             rate_limit: None,
         }))
     }
@@ -212,12 +208,6 @@ impl ApiError {
         error.retry_after_seconds = Some(reset);
         error.rate_limit = Some((decision.limit, decision.remaining, reset));
         error
-    }
-
-    /// Remember which request this answers.
-    pub fn for_request(mut self, request_id: &str) -> Self {
-        self.request_id = Some(request_id.to_string());
-        self
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
@@ -302,7 +292,7 @@ impl ResponseError for ApiError {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
             }
         }
-        let request_id = self.request_id.clone().or_else(RequestId::current);
+        let request_id = RequestId::current();
         let mut response = HttpResponse::build(self.status_code());
         if let Some(id) = &request_id
             && let Ok(value) = HeaderValue::from_str(id)

@@ -275,7 +275,7 @@ where
                         .unwrap_or_default();
                     let error = ApiError::internal(anyhow::anyhow!("a request handler panicked: {message}"));
                     finish(500, None);
-                    return Err(guarded(error.for_request(&id).into()));
+                    return Err(guarded(error.into()));
                 }
                 Err(_) => {
                     let error = ApiError::new(
@@ -286,7 +286,7 @@ where
                         ),
                     );
                     finish(503, None);
-                    return Err(guarded(error.for_request(&id).into()));
+                    return Err(guarded(error.into()));
                 }
             };
             let mut response = response;
