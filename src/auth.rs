@@ -45,13 +45,79 @@ const DENY_LIST_PURGE_THRESHOLD: usize = 10_000;
 /// The most access tokens remembered as verified; past it, the memory starts afresh.
 const VERIFIED_TOKENS_MAX: usize = 32_768;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuthSettings {
     pub secret: Vec<u8>,
     pub issuer: String,
     pub audience: String,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("secret", &"<hidden>")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .finish()
+    }
+}
+
+/// Signs tokens with a deployment's key. The server signs at login and at refresh; an
+/// operator holding the same secret can give each of many users an access token without
+/// a password check per user, which is how the load tester sends every transfer as the
+/// owner of the account it debits.
+#[derive(Clone)]
+pub struct TokenSigner {
+    settings: AuthSettings,
+    key: EncodingKey,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    pub fn new(settings: AuthSettings) -> TokenSigner {
+        TokenSigner {
+            key: EncodingKey::from_secret(&settings.secret),
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    /// The claims of an access token for `user`, issued at `now` for the configured
+    /// lifetime.
+    pub fn access_claims(&self, user: i64, role: Role, token_version: i64, now: chrono::DateTime<Utc>) -> Claims {
+        Claims {
+            sub: user.to_string(),
+            role,
+            ver: token_version,
+            jti: Uuid::new_v4().to_string(),
+            iat: now.timestamp(),
+            exp: (now + self.settings.access_ttl).timestamp(),
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            typ: "access".into(),
+            fam: None,
+        }
+    }
+
+    /// The signed text of `claims`.
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        jsonwebtoken::encode(&Header::new(ALGORITHM), claims, &self.key)
+            .map_err(|error| anyhow::anyhow!("signing a token: {error}"))
+    }
 }
 
 /// What a token says.
@@ -182,8 +248,7 @@ impl VerifiedTokens {
 
 /// Everything authentication needs, shared by all workers.
 pub struct Auth {
-    settings: AuthSettings,
-    encoding: EncodingKey,
+    signer: TokenSigner,
     decoding: DecodingKey,
     /// What a token must satisfy besides its type (see [`Auth::decode`]).
     validation: Validation,
@@ -204,8 +269,8 @@ pub struct Auth {
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
-            .field("issuer", &self.settings.issuer)
-            .field("audience", &self.settings.audience)
+            .field("issuer", &self.signer.settings.issuer)
+            .field("audience", &self.signer.settings.audience)
             .finish_non_exhaustive()
     }
 }
@@ -224,10 +289,9 @@ impl Auth {
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         Ok(Auth {
-            encoding: EncodingKey::from_secret(&settings.secret),
             decoding: DecodingKey::from_secret(&settings.secret),
             validation,
-            settings,
+            signer: TokenSigner::new(settings),
             hasher,
             decoy_hash,
             deny_list: DenyList::default(),
@@ -239,7 +303,7 @@ impl Auth {
     }
 
     pub fn access_ttl(&self) -> Duration {
-        self.settings.access_ttl
+        self.signer.settings.access_ttl
     }
 
     /// Hash a password with argon2id and a fresh salt (CPU-heavy: call off the event
@@ -262,11 +326,6 @@ impl Auth {
         matches && stored.is_some()
     }
 
-    fn encode(&self, claims: &Claims) -> anyhow::Result<String> {
-        jsonwebtoken::encode(&Header::new(ALGORITHM), claims, &self.encoding)
-            .map_err(|error| anyhow::anyhow!("signing a token: {error}"))
-    }
-
     /// Issue an access token and a refresh token (recorded in the store) for `user`.
     /// `family` continues a rotation; `None` starts a new one (a login).
     pub async fn issue(
@@ -277,21 +336,10 @@ impl Auth {
         family: Option<Uuid>,
     ) -> anyhow::Result<TokenPair> {
         let now = Utc::now();
-        let access = Claims {
-            sub: user.to_string(),
-            role,
-            ver: token_version,
-            jti: Uuid::new_v4().to_string(),
-            iat: now.timestamp(),
-            exp: (now + self.settings.access_ttl).timestamp(),
-            iss: self.settings.issuer.clone(),
-            aud: self.settings.audience.clone(),
-            typ: "access".into(),
-            fam: None,
-        };
+        let access = self.signer.access_claims(user, role, token_version, now);
         let refresh_id = Uuid::new_v4();
         let family = family.unwrap_or_else(Uuid::new_v4);
-        let refresh_expires = now + self.settings.refresh_ttl;
+        let refresh_expires = now + self.signer.settings.refresh_ttl;
         let refresh = Claims {
             jti: refresh_id.to_string(),
             exp: refresh_expires.timestamp(),
@@ -309,9 +357,9 @@ impl Auth {
             })
             .await?;
         Ok(TokenPair {
-            access_token: self.encode(&access)?,
-            refresh_token: self.encode(&refresh)?,
-            access_expires_in: self.settings.access_ttl,
+            access_token: self.signer.sign(&access)?,
+            refresh_token: self.signer.sign(&refresh)?,
+            access_expires_in: self.signer.settings.access_ttl,
         })
     }
 

@@ -12,6 +12,7 @@ use tally_actors::Store;
 use crate::chaos::{self, ChaosPlan};
 use crate::client::{ApiClient, RetryPolicy, amount_flag};
 use crate::database;
+use crate::owners::OwnerTokens;
 use crate::runner::{Pacing, RunPlan, Stop};
 use crate::session::{LoadSession, SessionOptions};
 use crate::setup::{self, SetupPlan};
@@ -66,6 +67,20 @@ pub struct ServerArgs {
     /// The admin's password; the server's TALLY_ADMIN_PASSWORD.
     #[arg(long, default_value = "admin-password", env = "TALLY_LOADTEST_ADMIN_PASSWORD")]
     pub admin_password: String,
+    /// The server's JWT_SECRET. With it, the tester signs each load-test user a token of
+    /// their own and sends every transfer as the owner of the account it debits (and every
+    /// balance or history read as the account's owner), as ordinary users do. Without it,
+    /// everything goes as the admin, whose transfers between other users' accounts Tally
+    /// audits as administrative money actions. Credits, debits, holds and batches always
+    /// go as the admin.
+    #[arg(long, env = "TALLY_LOADTEST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// The server's JWT_ISSUER (with --jwt-secret).
+    #[arg(long, default_value = "tally")]
+    pub jwt_issuer: String,
+    /// The server's JWT_AUDIENCE (with --jwt-secret).
+    #[arg(long, default_value = "tally-api")]
+    pub jwt_audience: String,
     /// Longest a single HTTP request may take before it counts as a transport timeout.
     #[arg(long, default_value = "30s", value_parser = duration_flag)]
     pub request_timeout: Duration,
@@ -383,16 +398,27 @@ fn command_line() -> String {
 /// Database connections of the tester's own store handle.
 const STORE_CONNECTIONS: u32 = verify::VERIFY_CONCURRENCY as u32;
 
+/// How long the users' own tokens are signed for: the server's default access token
+/// lifetime. The tester signs a user a new one before theirs expires.
+const OWNER_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
 async fn login(server: &ServerArgs) -> anyhow::Result<Arc<ApiClient>> {
-    Ok(Arc::new(
-        ApiClient::login(
-            &server.target,
-            &server.admin_username,
-            &server.admin_password,
-            server.request_timeout,
-        )
-        .await?,
-    ))
+    let client = ApiClient::login(
+        &server.target,
+        &server.admin_username,
+        &server.admin_password,
+        server.request_timeout,
+    )
+    .await?;
+    Ok(Arc::new(match &server.jwt_secret {
+        Some(secret) => client.with_owners(OwnerTokens::new(
+            secret,
+            &server.jwt_issuer,
+            &server.jwt_audience,
+            OWNER_TOKEN_LIFETIME,
+        )),
+        None => client,
+    }))
 }
 
 /// Run a command; the exit status is 0 (passed), 1 (verification failed).
@@ -413,8 +439,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(command) => {
             let client = login(&command.server).await?;
             let store = Store::connect(&command.database.database_url, STORE_CONNECTIONS).await?;
-            let ids = database::user_ids(&store, &command.accounts.prefix, command.accounts.users).await?;
-            let plan = command.load.plan(ids)?;
+            let users = database::users(&store, &command.accounts.prefix, command.accounts.users).await?;
+            if let Some(owners) = client.owners() {
+                owners.enroll(users.iter().copied());
+            }
+            let plan = command.load.plan(users.into_iter().map(|(id, _)| id).collect())?;
             let verify = !command.load.no_verify;
             let options = SessionOptions {
                 idempotency_keys: command.load.idempotency_keys,

@@ -1,7 +1,9 @@
 //! Talking to Tally over HTTP: an [`ApiClient`] logged in as the admin (logging in again
-//! when a token expires), and the [`HttpExecutor`] that turns each operation into a
-//! request, retries what may be retried, and writes every write's outcome to the
-//! [`WriteLog`] the verifier checks afterwards.
+//! when a token expires) and, given the deployment's JWT secret, acting as each load-test
+//! user for their own transfers and reads (see [`crate::owners`]); and the
+//! [`HttpExecutor`] that turns each operation into a request, retries what may be
+//! retried, and writes every write's outcome to the [`WriteLog`] the verifier checks
+//! afterwards.
 //!
 //! Retrying: a write is retried only with an idempotency key, since a 503 or a lost
 //! answer leaves its outcome unknown and only the same key makes a retry safe. Reads are
@@ -26,6 +28,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::http::{Request, Transport};
+use crate::owners::OwnerTokens;
 use crate::report::{Outcome, OutcomeClass, Step};
 use crate::runner::Executor;
 use crate::workload::{HoldSettlement, Operation, OperationKind, format_minor, parse_minor};
@@ -177,7 +180,7 @@ impl From<reqwest::Error> for TransportError {
 
 #[derive(Debug)]
 struct Token {
-    value: String,
+    value: Arc<str>,
     /// Bumped at every login, so concurrent 401s log in once.
     generation: u64,
 }
@@ -193,8 +196,11 @@ pub struct ApiClient {
     username: String,
     password: String,
     token: tokio::sync::Mutex<Token>,
-    /// The admin's user id: the initiator of every write, to which keys are scoped.
+    /// The admin's user id: the initiator of every write not sent as its account's
+    /// owner, to which keys are scoped.
     admin_id: i64,
+    /// The load-test users' own tokens, when the tester has the deployment's secret.
+    owners: Option<OwnerTokens>,
 }
 
 impl ApiClient {
@@ -222,11 +228,35 @@ impl ApiClient {
             username: username.to_string(),
             password: password.to_string(),
             token: tokio::sync::Mutex::new(Token {
-                value: token,
+                value: Arc::from(token),
                 generation: 0,
             }),
             admin_id,
+            owners: None,
         })
+    }
+
+    /// Send each enrolled user's own transfers and reads with their own token.
+    pub fn with_owners(mut self, owners: OwnerTokens) -> ApiClient {
+        self.owners = Some(owners);
+        self
+    }
+
+    pub fn owners(&self) -> Option<&OwnerTokens> {
+        self.owners.as_ref()
+    }
+
+    /// Who sends `operation`: the owner of the account a transfer debits or a read
+    /// reads, when that user is enrolled; `None` for the admin.
+    pub fn sender_of(&self, operation: &Operation) -> Option<i64> {
+        let user = match *operation {
+            Operation::Transfer { from, .. } => from,
+            Operation::Balance { user } | Operation::History { user } => user,
+            Operation::Credit { .. } | Operation::Debit { .. } | Operation::Hold { .. } | Operation::Batch { .. } => {
+                return None;
+            }
+        };
+        self.owners.as_ref()?.is_enrolled(user).then_some(user)
     }
 
     pub fn admin_id(&self) -> i64 {
@@ -237,7 +267,7 @@ impl ApiClient {
         &self.base_url
     }
 
-    async fn current_token(&self) -> (String, u64) {
+    async fn current_token(&self) -> (Arc<str>, u64) {
         let token = self.token.lock().await;
         (token.value.clone(), token.generation)
     }
@@ -254,13 +284,13 @@ impl ApiClient {
                 kind: "login_failed",
                 message: format!("{error:#}"),
             })?;
-        token.value = value;
+        token.value = Arc::from(value);
         token.generation += 1;
         Ok(())
     }
 
     /// Send one request under `/api/v1` (or at the root for paths starting `/healthz`,
-    /// `/readyz`, `/metrics`), logging in again on 401.
+    /// `/readyz`, `/metrics`) as the admin, logging in again on 401.
     pub async fn send(
         &self,
         method: reqwest::Method,
@@ -268,10 +298,28 @@ impl ApiClient {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Answer, TransportError> {
+        self.send_as(None, method, path, body, idempotency_key).await
+    }
+
+    /// [`ApiClient::send`] as `sender` (an enrolled user, see [`ApiClient::sender_of`])
+    /// or, with `None`, as the admin. A 401 to a user's token has the tester sign them a
+    /// new one; to the admin's, log in again.
+    pub async fn send_as(
+        &self,
+        sender: Option<i64>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, TransportError> {
         let body = body.map(|body| serde_json::to_vec(body).expect("a JSON value serializes"));
+        let owner = sender.and_then(|user| Some((user, self.owners.as_ref()?)));
         let mut answer = None;
         for _ in 0..=RELOGIN_ATTEMPTS_MAX {
-            let (token, generation) = self.current_token().await;
+            let (token, generation) = match owner.and_then(|(user, owners)| owners.token(user)) {
+                Some(token) => (token, 0),
+                None => self.current_token().await,
+            };
             let reply = self
                 .transport
                 .send(&Request {
@@ -287,7 +335,10 @@ impl ApiClient {
                 return Ok(reply);
             }
             answer = Some(reply);
-            self.refresh_token(generation).await?;
+            match owner {
+                Some((user, owners)) => owners.renew(user, &token),
+                None => self.refresh_token(generation).await?,
+            }
         }
         Ok(answer.expect("the loop ran at least once"))
     }
@@ -368,14 +419,14 @@ impl ApiClient {
 
     pub async fn perform(&self, operation: &Operation, key: Option<&str>) -> Result<Answer, TransportError> {
         let (method, path, body) = Self::request_for(operation);
-        self.send(method, &path, body.as_ref(), key).await
+        self.send_as(self.sender_of(operation), method, &path, body.as_ref(), key)
+            .await
     }
 
-    /// An account's balance and version from `/balances/current/{id}`.
+    /// An account's balance and version from `/balances/current/{id}`, read by its
+    /// owner when enrolled.
     pub async fn balance(&self, user: i64) -> anyhow::Result<(i64, u64)> {
-        let answer = self
-            .send(reqwest::Method::GET, &format!("/balances/current/{user}"), None, None)
-            .await?;
+        let answer = self.perform(&Operation::Balance { user }, None).await?;
         if answer.status != 200 {
             bail!(
                 "GET /balances/current/{user} answered {} {}",
@@ -456,6 +507,10 @@ pub struct WriteRecord {
     /// The amount moved; for a hold, the amount held; for a batch, its legs' total.
     pub amount_minor: i64,
     pub key: Option<String>,
+    /// The user the write was sent as, when not the admin (the owner of the account a
+    /// transfer debits): its idempotency key is scoped to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<i64>,
     pub attempts: u32,
     #[serde(flatten)]
     pub answer: WriteAnswer,
@@ -520,6 +575,7 @@ impl WriteRecord {
             to,
             amount_minor,
             key,
+            initiator: None,
             attempts: 0,
             answer: WriteAnswer::Unknown {
                 last_error: "not sent".into(),
@@ -677,6 +733,7 @@ impl HttpExecutor {
     /// file its answer with `file`. Failed attempts are added to `attempt_errors`.
     async fn exchange(
         &self,
+        sender: Option<i64>,
         request: &(reqwest::Method, String, Option<Value>),
         key: Option<&str>,
         is_write: bool,
@@ -701,7 +758,11 @@ impl HttpExecutor {
         for attempt in 1..=self.retry.attempts_max.max(1) {
             exchange.attempts = attempt;
             let pause;
-            match self.client.send(method.clone(), path, body.as_ref(), key).await {
+            match self
+                .client
+                .send_as(sender, method.clone(), path, body.as_ref(), key)
+                .await
+            {
                 Err(error) => {
                     uncertain = true;
                     attempt_errors.push(error.kind.to_string());
@@ -790,10 +851,19 @@ impl HttpExecutor {
         let key = if is_write { self.key_for(sequence) } else { None };
         let mut attempt_errors = Vec::new();
         let request = ApiClient::request_for(&operation);
+        let sender = self.client.sender_of(&operation);
         let exchange = self
-            .exchange(&request, key.as_deref(), is_write, write_answer, &mut attempt_errors)
+            .exchange(
+                sender,
+                &request,
+                key.as_deref(),
+                is_write,
+                write_answer,
+                &mut attempt_errors,
+            )
             .await;
         if let Some(mut record) = WriteRecord::new(sequence, &operation, key) {
+            record.initiator = sender;
             record.attempts = exchange.attempts;
             record.answer = exchange.answer;
             self.writes.push(record);
@@ -815,6 +885,7 @@ impl HttpExecutor {
         let mut attempt_errors = Vec::new();
         let placement = self
             .exchange(
+                None,
                 &ApiClient::request_for(&operation),
                 key.as_deref(),
                 true,
@@ -832,6 +903,7 @@ impl HttpExecutor {
                 let settlement_key = self.settlement_key_for(sequence);
                 let settled = self
                     .exchange(
+                        None,
                         &ApiClient::settle_request(*id, settlement),
                         settlement_key.as_deref(),
                         true,
@@ -875,6 +947,7 @@ impl HttpExecutor {
         let mut attempt_errors = Vec::new();
         let exchange = self
             .exchange(
+                None,
                 &ApiClient::request_for(&operation),
                 key.as_deref(),
                 true,
@@ -1037,6 +1110,7 @@ mod tests {
             to: 2,
             amount_minor: 1,
             key: None,
+            initiator: None,
             attempts: 1,
             answer: WriteAnswer::NotApplied { code: "x".into() },
             settlement: None,

@@ -1,5 +1,6 @@
 //! Bulk reads of the store that [`tally_actors::Store`] has no call for, because only a
-//! load tester needs them: every load-test user's id, and every balance row at once.
+//! load tester needs them: every load-test user's id (and token version), and every
+//! balance row at once.
 //! Plain SQL that both PostgreSQL and SQLite accept, on the store's own pool.
 
 use std::collections::BTreeMap;
@@ -10,8 +11,17 @@ use tally_actors::Store;
 /// The ids of users `{prefix}0` … `{prefix}{count - 1}`, in index order. Fails naming
 /// the first one missing (run `setup` first).
 pub async fn user_ids(store: &Store, prefix: &str, count: usize) -> anyhow::Result<Vec<i64>> {
-    const SQL: &str = "SELECT id, username FROM users WHERE deleted_at IS NULL";
-    let rows: Vec<(i64, String)> = if let Some(pool) = store.postgres_pool() {
+    Ok(users(store, prefix, count)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// [`user_ids`] with each user's token version: `(id, token version)`.
+pub async fn users(store: &Store, prefix: &str, count: usize) -> anyhow::Result<Vec<(i64, i64)>> {
+    const SQL: &str = "SELECT id, username, token_version FROM users WHERE deleted_at IS NULL";
+    let rows: Vec<(i64, String, i64)> = if let Some(pool) = store.postgres_pool() {
         sqlx::query_as(SQL).fetch_all(pool).await
     } else if let Some(pool) = store.sqlite_pool() {
         sqlx::query_as(SQL).fetch_all(pool).await
@@ -20,14 +30,14 @@ pub async fn user_ids(store: &Store, prefix: &str, count: usize) -> anyhow::Resu
     }
     .context("reading the users")?;
     let mut ids = vec![None; count];
-    for (id, username) in rows {
+    for (id, username, version) in rows {
         if let Some(index) = username
             .strip_prefix(prefix)
             .and_then(|rest| rest.parse::<usize>().ok())
             && index < count
             && username == format!("{prefix}{index}")
         {
-            ids[index] = Some(id);
+            ids[index] = Some((id, version));
         }
     }
     ids.iter()

@@ -4,7 +4,7 @@
 //! * [`runner`] — how to send it: closed loop or open loop (coordinated omission
 //!   corrected), live progress;
 //! * [`client`] — HTTP to Tally: login, retries with idempotency keys, the write log;
-//!   [`http`] — its lean keep-alive transport;
+//!   [`http`] — its lean keep-alive transport; [`owners`] — the users' own tokens;
 //! * [`report`] — HdrHistogram latencies, outcome and error counts, the report;
 //! * [`plot`] — the per-second timeline as SVG;
 //! * [`setup`] — users created in the store and funded through the API;
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod database;
 pub mod http;
+pub mod owners;
 pub mod plot;
 pub mod report;
 pub mod runner;

@@ -1,7 +1,9 @@
 //! Setting up the accounts a load runs over: users `{prefix}{index}` created straight in
 //! the store (idempotently, in large statements), then funded through the API with
 //! credits whose idempotency keys make the set-up safe to run in parallel, to retry and
-//! to repeat.
+//! to repeat. When the client has the users' own tokens ([`crate::owners`]), each user
+//! reads their balance before it is topped up, so the server has met every user (and
+//! cached their token version) before a measured run, as a server in service has.
 //!
 //! The funding key of a user is `fund-{prefix}-{index}-{version}`, where `version` is the
 //! account's version read just before: a retry of the same top-up reuses its key (and is
@@ -25,8 +27,9 @@ use crate::workload::format_minor;
 /// small enough that one statement's arrays stay a few megabytes.
 const USERS_PER_STATEMENT: usize = 5_000;
 
-/// The password every load-test user gets. They never log in (the load runs as the
-/// admin), but their rows need a real argon2id hash like any other user's.
+/// The password every load-test user gets. They never log in (the tester either sends
+/// everything as the admin or signs the users' tokens itself), but their rows need a
+/// real argon2id hash like any other user's.
 pub const USER_PASSWORD: &str = "load-test-user-password";
 
 /// Attempts to fund one account before set-up gives up: enough to ride out a busy
@@ -128,6 +131,9 @@ async fn fund(client: &ApiClient, prefix: &str, index: usize, user: i64, target_
 pub async fn setup(store: &Store, client: Arc<ApiClient>, plan: &SetupPlan) -> anyhow::Result<SetupSummary> {
     let started = std::time::Instant::now();
     let ids = create_users(store, &plan.prefix, plan.users).await?;
+    if let Some(owners) = client.owners() {
+        owners.enroll(crate::database::users(store, &plan.prefix, plan.users).await?);
+    }
     println!(
         "setup: {} users {}0..{}{} exist ({:.1} s); funding each to {}",
         ids.len(),

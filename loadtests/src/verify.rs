@@ -117,7 +117,8 @@ impl Verification {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
-    /// The initiator of every write: keys are scoped to this user.
+    /// The initiator of every write without its own [`WriteRecord::initiator`]: keys
+    /// are scoped to this user.
     pub admin_id: i64,
     /// Every balance row before the run, when the run read them.
     pub balances_before: Option<BTreeMap<i64, i64>>,
@@ -381,12 +382,12 @@ fn key_text(write: &WriteRecord) -> String {
 /// there is nothing to look it up by (no key, no id).
 async fn find_record(
     store: &Store,
-    admin_id: i64,
+    initiator: i64,
     write: &WriteRecord,
 ) -> anyhow::Result<Option<Option<TransactionRecord>>> {
     Ok(Some(match &write.key {
         Some(key) => store
-            .find_by_idempotency_key(admin_id, key)
+            .find_by_idempotency_key(initiator, key)
             .await
             .with_context(|| format!("looking up key {key}"))?,
         None => match &write.answer {
@@ -404,10 +405,10 @@ type StoredBatch = (Option<Uuid>, Vec<TransactionRecord>);
 
 /// The stored legs of a batch write: by its key (which the server stores with leg 0),
 /// else by the batch id it was answered with.
-async fn find_batch(store: &Store, admin_id: i64, write: &WriteRecord) -> anyhow::Result<Option<StoredBatch>> {
+async fn find_batch(store: &Store, initiator: i64, write: &WriteRecord) -> anyhow::Result<Option<StoredBatch>> {
     let batch_id = match &write.key {
         Some(key) => store
-            .find_by_idempotency_key(admin_id, key)
+            .find_by_idempotency_key(initiator, key)
             .await
             .with_context(|| format!("looking up key {key}"))?
             .and_then(|first| first.batch_id),
@@ -427,13 +428,15 @@ async fn find_batch(store: &Store, admin_id: i64, write: &WriteRecord) -> anyhow
 }
 
 async fn check_write(store: &Store, admin_id: i64, write: &WriteRecord) -> anyhow::Result<WriteCheck> {
+    // A key is scoped to the user who sent the write.
+    let initiator = write.initiator.unwrap_or(admin_id);
     if write.kind == OperationKind::Batch {
-        return Ok(match find_batch(store, admin_id, write).await? {
+        return Ok(match find_batch(store, initiator, write).await? {
             Some(stored) => judge_batch(write, stored),
             None => unfound(write),
         });
     }
-    let Some(found) = find_record(store, admin_id, write).await? else {
+    let Some(found) = find_record(store, initiator, write).await? else {
         return Ok(unfound(write));
     };
     Ok(match write.kind {
@@ -977,6 +980,7 @@ mod tests {
             to: 2,
             amount_minor: 500,
             key: None,
+            initiator: None,
             attempts: 1,
             answer: placed,
             settlement: settlement.map(|(settle, answer)| SettlementRecord {
@@ -1158,6 +1162,7 @@ mod tests {
             to: 0,
             amount_minor: 100,
             key: Some("run-x-9".into()),
+            initiator: None,
             attempts: 1,
             answer,
             settlement: None,

@@ -13,6 +13,7 @@ use tally::startup::Application;
 use tally_actors::Store;
 use tally_actors::testing::{Backend, TestDb};
 use tally_loadtest::client::{ApiClient, RetryPolicy, WriteAnswer, WriteRecord};
+use tally_loadtest::owners::OwnerTokens;
 use tally_loadtest::report::Report;
 use tally_loadtest::runner::{Pacing, RunPlan, Stop};
 use tally_loadtest::session::{LoadSession, SessionOptions};
@@ -22,6 +23,7 @@ use tally_loadtest::workload::{HoldMix, HoldSettlement, Mix, OperationKind, Shap
 
 const ADMIN_USERNAME: &str = "admin";
 const ADMIN_PASSWORD: &str = "admin-password";
+const JWT_SECRET: &str = "loadtest-secret-loadtest-secret-0123456789";
 const USERS: usize = 20;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,6 +45,16 @@ impl Ledger {
 
     /// Start with more settings; later pairs win.
     async fn start_with(extra: &[(&str, &str)]) -> Ledger {
+        Ledger::start_configured(extra, false).await
+    }
+
+    /// Start with a client that signs the load-test users' own tokens (set-up enrolls
+    /// them), so their transfers and reads go as themselves.
+    async fn start_as_owners() -> Ledger {
+        Ledger::start_configured(&[], true).await
+    }
+
+    async fn start_configured(extra: &[(&str, &str)], owners: bool) -> Ledger {
         tally_actors::testing::init_logging();
         let db = TestDb::create(Backend::Postgres).await;
         let mut pairs = vec![
@@ -52,7 +64,7 @@ impl Ledger {
             ("TALLY_ARBITERS", "2"),
             ("TALLY_HTTP_WORKERS", "2"),
             ("TALLY_DB_CONNECTIONS", "4"),
-            ("JWT_SECRET", "loadtest-secret-loadtest-secret-0123456789"),
+            ("JWT_SECRET", JWT_SECRET),
             ("TALLY_ADMIN_USERNAME", ADMIN_USERNAME),
             ("TALLY_ADMIN_PASSWORD", ADMIN_PASSWORD),
             ("TALLY_RATE_LIMIT_IP_PER_SECOND", "1000000"),
@@ -71,11 +83,19 @@ impl Ledger {
         actix_web::rt::spawn(async move {
             let _ = application.run_until_stopped().await;
         });
-        let client = Arc::new(
-            ApiClient::login(&base_url, ADMIN_USERNAME, ADMIN_PASSWORD, Duration::from_secs(30))
-                .await
-                .expect("the admin logs in"),
-        );
+        let client = ApiClient::login(&base_url, ADMIN_USERNAME, ADMIN_PASSWORD, Duration::from_secs(30))
+            .await
+            .expect("the admin logs in");
+        let client = Arc::new(if owners {
+            client.with_owners(OwnerTokens::new(
+                JWT_SECRET,
+                "tally",
+                "tally-api",
+                Duration::from_secs(900),
+            ))
+        } else {
+            client
+        });
         let store = Store::connect(&db.url, 4).await.expect("the store connects");
         let summary = setup::setup(&store, client.clone(), &setup_plan())
             .await
@@ -416,6 +436,60 @@ async fn a_run_longer_than_a_token_logs_in_again_instead_of_failing() {
         report.measurements.attempt_errors
     );
     assert!(report.verification.as_ref().unwrap().passed());
+    ledger.stop().await;
+}
+
+#[actix_web::test]
+async fn with_the_users_own_tokens_each_transfer_is_sent_by_the_owner_of_the_account_it_debits() {
+    let ledger = Ledger::start_as_owners().await;
+    let owners = ledger.client.owners().expect("the client has the users' tokens");
+    assert_eq!(owners.len(), USERS, "set-up enrolled every user");
+    let plan = ledger.plan(
+        Pacing::Closed { concurrency: 8 },
+        300,
+        "transfer=60,credit=10,history=15,balance=15",
+    );
+    let (report, record) = ledger.load(plan, true).await;
+    let verification = report.verification.as_ref().expect("the run verified");
+    assert!(verification.passed(), "{}", verification.render());
+    assert!(
+        report.measurements.attempt_errors.is_empty(),
+        "{:?}",
+        report.measurements.attempt_errors
+    );
+    let store = ledger.engine.store();
+    let mut transfers = 0;
+    let mut credits = 0;
+    for write in &record.writes {
+        let WriteAnswer::Completed { id, .. } = write.answer else {
+            continue;
+        };
+        let audit = store.audit_entries("transaction", &id.to_string()).await.unwrap();
+        match write.kind {
+            OperationKind::Transfer => {
+                transfers += 1;
+                assert_eq!(write.initiator, Some(write.from), "sent by the debited account's owner");
+                // The key is scoped to the owner: the stored transfer is found under it.
+                let key = write.key.as_deref().expect("keys are on");
+                let stored = store.find_by_idempotency_key(write.from, key).await.unwrap();
+                assert_eq!(stored.map(|stored| stored.id), Some(id));
+                assert!(
+                    audit.is_empty(),
+                    "an owner's transfer is not an administrative action: {audit:?}"
+                );
+            }
+            OperationKind::Credit => {
+                credits += 1;
+                assert_eq!(write.initiator, None, "credits go as the admin");
+                assert!(!audit.is_empty(), "the admin's credit is audited");
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        transfers > 100 && credits > 10,
+        "{transfers} transfers, {credits} credits"
+    );
     ledger.stop().await;
 }
 

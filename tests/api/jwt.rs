@@ -4,6 +4,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
+use tally::auth::{AuthSettings, TokenSigner};
+use tally_actors::Role;
 
 use crate::helpers::{Backend, JWT_SECRET, spawn_app};
 use crate::on_both_stores;
@@ -132,6 +134,39 @@ async fn a_role_change_retires_tokens_issued_before(backend: Backend) {
     app.stop().await;
 }
 
+/// A signer holding the deployment's secret issues tokens the server takes like its own
+/// (the load tester's owner tokens); one with another secret is refused, and so is a token
+/// at a user's old token version.
+async fn tokens_from_a_signer_with_the_deployments_secret_authenticate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let user = app.user("signed").await;
+    let signer = |secret: &str| {
+        TokenSigner::new(AuthSettings {
+            secret: secret.as_bytes().to_vec(),
+            issuer: "tally".into(),
+            audience: "tally-api".into(),
+            access_ttl: std::time::Duration::from_secs(600),
+            refresh_ttl: std::time::Duration::from_secs(600),
+        })
+    };
+    let token = |signer: &TokenSigner, version: i64| {
+        let claims = signer.access_claims(user.id, Role::User, version, chrono::Utc::now());
+        signer.sign(&claims).unwrap()
+    };
+    let genuine = signer(JWT_SECRET);
+    let reply = app.get("/api/v1/balances/current", Some(&token(&genuine, 0))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["user_id"], user.id, "{}", reply.text);
+    let forged = signer("another-secret-another-secret-0123456789");
+    app.get("/api/v1/balances/current", Some(&token(&forged, 0)))
+        .await
+        .assert_problem(401, "unauthenticated");
+    app.get("/api/v1/balances/current", Some(&token(&genuine, 1)))
+        .await
+        .assert_problem(401, "unauthenticated");
+    app.stop().await;
+}
+
 trait TestAppExt {
     async fn raw_auth(&self, header: &str) -> crate::helpers::Reply;
 }
@@ -152,4 +187,5 @@ impl TestAppExt for crate::helpers::TestApp {
 on_both_stores!(
     forged_altered_expired_and_misdirected_tokens_are_refused,
     a_role_change_retires_tokens_issued_before,
+    tokens_from_a_signer_with_the_deployments_secret_authenticate,
 );
