@@ -53,6 +53,11 @@ STAMP="$(date -u +%Y%m%d%H%M%S)"
 TALLY_DB="tally_compare_$STAMP"
 BASELINE_DB="tally_baseline_$STAMP"
 ADMIN_PASSWORD="compare-admin-password"
+# Tally's JWT secret, which the load tester also gets: it signs each user a token of
+# their own and sends every transfer as the owner of the account it debits, as ordinary
+# users do (an admin's transfer between two other users' accounts is an audited
+# administrative action, one more row per transfer).
+JWT_SECRET="compare-secret-compare-secret-0123456789"
 # Each account starts with 1000.00, in Tally and in the baseline alike.
 INITIAL_BALANCE_MINOR=100000
 TALLY_PID=""
@@ -90,7 +95,7 @@ trap cleanup EXIT
 
 start_tally() { # durability [database URL]
     TALLY_DURABILITY="$1" HOST=127.0.0.1 PORT="$PORT" DATABASE_URL="${2:-$(database_url "$TALLY_DB")}" \
-        JWT_SECRET="compare-secret-compare-secret-0123456789" \
+        JWT_SECRET="$JWT_SECRET" \
         TALLY_ADMIN_USERNAME=admin TALLY_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         TALLY_RATE_LIMIT_IP_PER_SECOND=1000000 TALLY_RATE_LIMIT_IP_BURST=1000000 \
         TALLY_RATE_LIMIT_USER_PER_SECOND=1000000 TALLY_RATE_LIMIT_USER_BURST=1000000 \
@@ -141,14 +146,14 @@ for durability in strict relaxed; do
     log "Tally, $durability durability"
     start_tally "$durability"
     "$LOADTEST" setup --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
-        --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
+        --jwt-secret "$JWT_SECRET" --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
         --initial-balance 1000.00 --request-timeout 60s | grep -v ' accounts checked$'
     for shape in "${SHAPES[@]}"; do
         log "Tally $durability, $shape: $CONCURRENCY connections for ${DURATION}s"
         checkpoint
         # shellcheck disable=SC2046
         "$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
-            --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
+            --jwt-secret "$JWT_SECRET" --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
             $(shape_flags "$shape") --concurrency "$CONCURRENCY" --duration "${DURATION}s" \
             --output "$OUTPUT/tally-$durability-$shape" --quiet --idle-timeout 120s
         read -r tps p99 refused accepted queued < <(tally_figures "$OUTPUT/tally-$durability-$shape")
@@ -163,7 +168,7 @@ for durability in strict relaxed; do
         log "Tally strict, uniform, open loop at $OPEN_RATE requests/s (half the closed-loop peak) for ${DURATION}s"
         checkpoint
         "$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
-            --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
+            --jwt-secret "$JWT_SECRET" --database-url "$(database_url "$TALLY_DB")" --users "$USERS" --prefix cmp \
             --shape uniform --rate "$OPEN_RATE" --duration "${DURATION}s" \
             --output "$OUTPUT/tally-strict-open" --quiet --idle-timeout 120s
         read -r OPEN_TPS OPEN_P99 _ < <(tally_figures "$OUTPUT/tally-strict-open")
@@ -177,10 +182,10 @@ log "Tally strict on the embedded SQLite store ($SQLITE_FILE), uniform"
 rm -f "$SQLITE_FILE"*
 start_tally strict "$SQLITE_URL"
 "$LOADTEST" setup --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
-    --database-url "$SQLITE_URL" --users "$USERS" --prefix cmp \
+    --jwt-secret "$JWT_SECRET" --database-url "$SQLITE_URL" --users "$USERS" --prefix cmp \
     --initial-balance 1000.00 --request-timeout 60s | grep -v ' accounts checked$'
 "$LOADTEST" run --target "http://127.0.0.1:$PORT" --admin-password "$ADMIN_PASSWORD" \
-    --database-url "$SQLITE_URL" --users "$USERS" --prefix cmp \
+    --jwt-secret "$JWT_SECRET" --database-url "$SQLITE_URL" --users "$USERS" --prefix cmp \
     --shape uniform --concurrency "$CONCURRENCY" --duration "${DURATION}s" \
     --output "$OUTPUT/tally-sqlite-uniform" --quiet --idle-timeout 120s
 read -r SQLITE_TPS SQLITE_P99 _ < <(tally_figures "$OUTPUT/tally-sqlite-uniform")
@@ -280,8 +285,11 @@ row() { # label key
     echo "$(ratio "${THROUGHPUT[strict-hot]}" "${BASELINE_BEST[hot]}")× on the hot set (best: ${BASELINE_BEST[hot]} at ${BASELINE_BEST_CLIENTS[hot]} clients)."
     echo
     echo "* Tally's figures are whole HTTP requests from \`tally-loadtest run\` (release build) over"
-    echo "  the loopback: login-issued JWT on every request, JSON in and out, idempotency keys off;"
-    echo "  every run was followed by its verification (all checks passed). Its throughput counts"
+    echo "  the loopback, JSON in and out, idempotency keys off. Each transfer is sent by the owner"
+    echo "  of the account it debits, with that user's own JWT (signed by the tester with Tally's"
+    echo "  secret, as Tally signs at login: $USERS users cost no $USERS argon2 logins), checked by Tally"
+    echo "  like any other; set-up had each user read their balance once, so Tally had met them all."
+    echo "  Every run was followed by its verification (all checks passed). Its throughput counts"
     echo "  every answered transfer; refused ones (insufficient funds) were at most $REFUSED_MAX % of a run."
     echo "* Relaxed durability acknowledges before the write is durable, so its throughput is what"
     echo "  Tally accepted, not what PostgreSQL committed: when the load stopped, ${QUEUED[relaxed-uniform]} of the"
