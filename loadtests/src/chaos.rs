@@ -1,6 +1,8 @@
 //! Chaos: the tester starts Tally itself on a fresh PostgreSQL database (strict
 //! durability), loads it with idempotency keys, and meanwhile kills it with SIGKILL and
-//! restarts it several times and restarts PostgreSQL once. Clients retry every write
+//! restarts it several times and restarts PostgreSQL once. Transfers go as the owners of
+//! the accounts they debit, with tokens signed with the secret the tester started Tally
+//! with ([`crate::owners`]); credits, holds and batches as the admin. Clients retry every write
 //! whose answer was lost with the same key until they get an answer (bounded in attempts
 //! and time). Afterwards the verifier checks that every acknowledged write survived,
 //! that nothing applied twice, and the ledger's invariants.
@@ -19,6 +21,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::client::{ApiClient, RetryPolicy};
+use crate::owners::{self, OwnerTokens};
 use crate::report::{Recorder, Report};
 use crate::runner::RunPlan;
 use crate::server::{ServerConfig, TallyProcess};
@@ -200,7 +203,12 @@ pub async fn chaos(mut plan: ChaosPlan) -> anyhow::Result<Report> {
         server.lock().await.base_url(),
         ready.as_secs_f64()
     );
-    let base_url = server.lock().await.base_url();
+    let (base_url, jwt_secret) = {
+        let server = server.lock().await;
+        (server.base_url(), server.jwt_secret().to_string())
+    };
+    // Transfers and reads go as the users themselves, as in compare.sh (see
+    // `crate::owners`): their keyed retries across kills are what the verifier checks.
     let client = Arc::new(
         ApiClient::login(
             &base_url,
@@ -208,7 +216,13 @@ pub async fn chaos(mut plan: ChaosPlan) -> anyhow::Result<Report> {
             &plan.admin_password,
             plan.request_timeout,
         )
-        .await?,
+        .await?
+        .with_owners(OwnerTokens::new(
+            &jwt_secret,
+            "tally",
+            "tally-api",
+            owners::TOKEN_LIFETIME,
+        )),
     );
     let store = Store::connect(&database_url, STORE_CONNECTIONS).await?;
     let summary = setup::setup(&store, client.clone(), &plan.setup).await?;

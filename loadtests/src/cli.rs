@@ -398,10 +398,6 @@ fn command_line() -> String {
 /// Database connections of the tester's own store handle.
 const STORE_CONNECTIONS: u32 = verify::VERIFY_CONCURRENCY as u32;
 
-/// How long the users' own tokens are signed for: the server's default access token
-/// lifetime. The tester signs a user a new one before theirs expires.
-const OWNER_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
-
 async fn login(server: &ServerArgs) -> anyhow::Result<Arc<ApiClient>> {
     let client = ApiClient::login(
         &server.target,
@@ -415,7 +411,7 @@ async fn login(server: &ServerArgs) -> anyhow::Result<Arc<ApiClient>> {
             secret,
             &server.jwt_issuer,
             &server.jwt_audience,
-            OWNER_TOKEN_LIFETIME,
+            crate::owners::TOKEN_LIFETIME,
         )),
         None => client,
     }))

@@ -17,6 +17,9 @@ use std::time::Duration;
 use tally::auth::{AuthSettings, TokenSigner};
 use tally_actors::Role;
 
+/// How long the tester signs a token for: the server's default access token lifetime.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
 /// How long before a token's expiry the tester signs its user a new one, so that a long
 /// run never sends an expired token.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(60);

@@ -60,6 +60,11 @@ impl TallyProcess {
         }
     }
 
+    /// The JWT secret Tally is started with.
+    pub fn jwt_secret(&self) -> &str {
+        &self.jwt_secret
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.config.port)
     }
