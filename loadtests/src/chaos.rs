@@ -219,8 +219,8 @@ pub async fn chaos(mut plan: ChaosPlan) -> anyhow::Result<Report> {
         .await?
         .with_owners(OwnerTokens::new(
             &jwt_secret,
-            "tally",
-            "tally-api",
+            owners::DEFAULT_ISSUER,
+            owners::DEFAULT_AUDIENCE,
             owners::TOKEN_LIFETIME,
         )),
     );

@@ -76,10 +76,10 @@ pub struct ServerArgs {
     #[arg(long, env = "TALLY_LOADTEST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// The server's JWT_ISSUER (with --jwt-secret).
-    #[arg(long, default_value = "tally")]
+    #[arg(long, default_value = crate::owners::DEFAULT_ISSUER)]
     pub jwt_issuer: String,
     /// The server's JWT_AUDIENCE (with --jwt-secret).
-    #[arg(long, default_value = "tally-api")]
+    #[arg(long, default_value = crate::owners::DEFAULT_AUDIENCE)]
     pub jwt_audience: String,
     /// Longest a single HTTP request may take before it counts as a transport timeout.
     #[arg(long, default_value = "30s", value_parser = duration_flag)]

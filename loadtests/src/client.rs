@@ -316,8 +316,10 @@ impl ApiClient {
         let owner = sender.and_then(|user| Some((user, self.owners.as_ref()?)));
         let mut answer = None;
         for _ in 0..=RELOGIN_ATTEMPTS_MAX {
-            let (token, generation) = match owner.and_then(|(user, owners)| owners.token(user)) {
-                Some(token) => (token, 0),
+            // A user not enrolled is acted for by the admin, whose token a 401 renews.
+            let sent_as = owner.and_then(|(user, owners)| Some((user, owners, owners.token(user)?)));
+            let (token, generation) = match &sent_as {
+                Some((_, _, token)) => (Arc::clone(token), 0),
                 None => self.current_token().await,
             };
             let reply = self
@@ -335,8 +337,8 @@ impl ApiClient {
                 return Ok(reply);
             }
             answer = Some(reply);
-            match owner {
-                Some((user, owners)) => owners.renew(user, &token),
+            match sent_as {
+                Some((user, owners, _)) => owners.renew(user, &token),
                 None => self.refresh_token(generation).await?,
             }
         }
@@ -1014,6 +1016,10 @@ mod tests {
         seen: Seen,
         /// The JSON body of each request in `seen` (`null` without one).
         bodies: Arc<Mutex<Vec<Value>>>,
+        /// The Authorization header of each request in `seen`.
+        authorizations: Arc<Mutex<Vec<String>>>,
+        /// Logins answered.
+        logins: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     async fn fake_tally(script: Vec<Scripted>) -> FakeTally {
@@ -1021,12 +1027,16 @@ mod tests {
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
+        let logins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
         let (recorded, recorded_bodies) = (seen.clone(), bodies.clone());
+        let (recorded_authorizations, counted_logins) = (authorizations.clone(), logins.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let (seen, bodies, script) = (recorded.clone(), recorded_bodies.clone(), script.clone());
+                let (authorizations, logins) = (recorded_authorizations.clone(), counted_logins.clone());
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buffer = [0u8; 4096];
@@ -1057,8 +1067,13 @@ mod tests {
                     }
                     let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                     let answer = if path == "/api/v1/auth/login" {
+                        logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Some((200, json!({ "access_token": "token", "user": { "id": 7 } })))
                     } else {
+                        authorizations
+                            .lock()
+                            .unwrap()
+                            .push(header("authorization").unwrap_or_default());
                         seen.lock().unwrap().push((path, header("idempotency-key")));
                         bodies
                             .lock()
@@ -1083,7 +1098,77 @@ mod tests {
                 });
             }
         });
-        FakeTally { base_url, seen, bodies }
+        FakeTally {
+            base_url,
+            seen,
+            bodies,
+            authorizations,
+            logins,
+        }
+    }
+
+    fn transfer_from(from: i64) -> Operation {
+        Operation::Transfer {
+            from,
+            to: 2,
+            amount_minor: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_enrolled_owner_sends_their_own_transfer_and_a_401_signs_them_a_new_token() {
+        let fake = fake_tally(vec![Some((401, json!({}))), Some((201, json!({ "id": Uuid::nil() })))]).await;
+        let owners = OwnerTokens::new(
+            "a-secret-a-secret-a-secret-0123456789",
+            crate::owners::DEFAULT_ISSUER,
+            crate::owners::DEFAULT_AUDIENCE,
+            crate::owners::TOKEN_LIFETIME,
+        );
+        owners.enroll([(5, 0)]);
+        let client = ApiClient::login(&fake.base_url, "admin", "password", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .with_owners(owners);
+        assert_eq!(client.sender_of(&transfer_from(5)), Some(5));
+        let answer = client.perform(&transfer_from(5), None).await.unwrap();
+        assert_eq!(answer.status, 201);
+        let sent = fake.authorizations.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|header| header.starts_with("Bearer ey")), "{sent:?}");
+        assert_ne!(sent[0], sent[1], "the refused token was replaced");
+        assert_eq!(
+            fake.logins.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "no admin login"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_user_not_enrolled_is_acted_for_by_the_admin_who_logs_in_again_on_401() {
+        let fake = fake_tally(vec![Some((401, json!({}))), Some((201, json!({ "id": Uuid::nil() })))]).await;
+        let owners = OwnerTokens::new(
+            "a-secret-a-secret-a-secret-0123456789",
+            crate::owners::DEFAULT_ISSUER,
+            crate::owners::DEFAULT_AUDIENCE,
+            crate::owners::TOKEN_LIFETIME,
+        );
+        owners.enroll([(5, 0)]);
+        let client = ApiClient::login(&fake.base_url, "admin", "password", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .with_owners(owners);
+        assert_eq!(client.sender_of(&transfer_from(9)), None);
+        let answer = client
+            .send_as(Some(9), reqwest::Method::POST, "/transactions/transfer", None, None)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 201);
+        assert_eq!(*fake.authorizations.lock().unwrap(), ["Bearer token", "Bearer token"]);
+        assert_eq!(
+            fake.logins.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "the admin logged in again"
+        );
     }
 
     async fn executor(fake: &FakeTally, keys: bool, attempts_max: u32) -> HttpExecutor {

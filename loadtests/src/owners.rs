@@ -17,6 +17,10 @@ use std::time::Duration;
 use tally::auth::{AuthSettings, TokenSigner};
 use tally_actors::Role;
 
+/// Tally's default JWT_ISSUER and JWT_AUDIENCE.
+pub const DEFAULT_ISSUER: &str = "tally";
+pub const DEFAULT_AUDIENCE: &str = "tally-api";
+
 /// How long the tester signs a token for: the server's default access token lifetime.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 

@@ -13,7 +13,7 @@ use tally::startup::Application;
 use tally_actors::Store;
 use tally_actors::testing::{Backend, TestDb};
 use tally_loadtest::client::{ApiClient, RetryPolicy, WriteAnswer, WriteRecord};
-use tally_loadtest::owners::OwnerTokens;
+use tally_loadtest::owners::{self, OwnerTokens};
 use tally_loadtest::report::Report;
 use tally_loadtest::runner::{Pacing, RunPlan, Stop};
 use tally_loadtest::session::{LoadSession, SessionOptions};
@@ -89,9 +89,9 @@ impl Ledger {
         let client = Arc::new(if owners {
             client.with_owners(OwnerTokens::new(
                 JWT_SECRET,
-                "tally",
-                "tally-api",
-                Duration::from_secs(900),
+                owners::DEFAULT_ISSUER,
+                owners::DEFAULT_AUDIENCE,
+                owners::TOKEN_LIFETIME,
             ))
         } else {
             client
