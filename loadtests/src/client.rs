@@ -1115,9 +1115,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_enrolled_owner_sends_their_own_transfer_and_a_401_signs_them_a_new_token() {
-        let fake = fake_tally(vec![Some((401, json!({}))), Some((201, json!({ "id": Uuid::nil() })))]).await;
+    /// A client of `fake` holding a token for user 5 only.
+    async fn client_with_owner_5(fake: &FakeTally) -> ApiClient {
         let owners = OwnerTokens::new(
             "a-secret-a-secret-a-secret-0123456789",
             crate::owners::DEFAULT_ISSUER,
@@ -1125,10 +1124,16 @@ mod tests {
             crate::owners::TOKEN_LIFETIME,
         );
         owners.enroll([(5, 0)]);
-        let client = ApiClient::login(&fake.base_url, "admin", "password", Duration::from_secs(5))
+        ApiClient::login(&fake.base_url, "admin", "password", Duration::from_secs(5))
             .await
             .unwrap()
-            .with_owners(owners);
+            .with_owners(owners)
+    }
+
+    #[tokio::test]
+    async fn an_enrolled_owner_sends_their_own_transfer_and_a_401_signs_them_a_new_token() {
+        let fake = fake_tally(vec![Some((401, json!({}))), Some((201, json!({ "id": Uuid::nil() })))]).await;
+        let client = client_with_owner_5(&fake).await;
         assert_eq!(client.sender_of(&transfer_from(5)), Some(5));
         let answer = client.perform(&transfer_from(5), None).await.unwrap();
         assert_eq!(answer.status, 201);
@@ -1146,17 +1151,7 @@ mod tests {
     #[tokio::test]
     async fn a_user_not_enrolled_is_acted_for_by_the_admin_who_logs_in_again_on_401() {
         let fake = fake_tally(vec![Some((401, json!({}))), Some((201, json!({ "id": Uuid::nil() })))]).await;
-        let owners = OwnerTokens::new(
-            "a-secret-a-secret-a-secret-0123456789",
-            crate::owners::DEFAULT_ISSUER,
-            crate::owners::DEFAULT_AUDIENCE,
-            crate::owners::TOKEN_LIFETIME,
-        );
-        owners.enroll([(5, 0)]);
-        let client = ApiClient::login(&fake.base_url, "admin", "password", Duration::from_secs(5))
-            .await
-            .unwrap()
-            .with_owners(owners);
+        let client = client_with_owner_5(&fake).await;
         assert_eq!(client.sender_of(&transfer_from(9)), None);
         let answer = client
             .send_as(Some(9), reqwest::Method::POST, "/transactions/transfer", None, None)
