@@ -42,7 +42,8 @@ const EVENTS_CHANNEL: &str = "events";
 
 /// Purge expired entries from the deny list once it grows past this many.
 const DENY_LIST_PURGE_THRESHOLD: usize = 10_000;
-/// The most access tokens remembered as verified; past it, the memory starts afresh.
+/// The most access tokens remembered as verified, over both generations (see
+/// [`VerifiedTokens`]).
 const VERIFIED_TOKENS_MAX: usize = 32_768;
 
 #[derive(Clone)]
@@ -90,10 +91,6 @@ impl TokenSigner {
             key: EncodingKey::from_secret(&settings.secret),
             settings,
         }
-    }
-
-    pub fn settings(&self) -> &AuthSettings {
-        &self.settings
     }
 
     /// The claims of an access token for `user`, issued at `now` for the configured

@@ -8,17 +8,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use tally_actors::Store;
 
-/// The ids of users `{prefix}0` … `{prefix}{count - 1}`, in index order. Fails naming
-/// the first one missing (run `setup` first).
-pub async fn user_ids(store: &Store, prefix: &str, count: usize) -> anyhow::Result<Vec<i64>> {
-    Ok(users(store, prefix, count)
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect())
-}
-
-/// [`user_ids`] with each user's token version: `(id, token version)`.
+/// Users `{prefix}0` … `{prefix}{count - 1}` as `(id, token version)`, in index order.
+/// Fails naming the first one missing (run `setup` first).
 pub async fn users(store: &Store, prefix: &str, count: usize) -> anyhow::Result<Vec<(i64, i64)>> {
     const SQL: &str = "SELECT id, username, token_version FROM users WHERE deleted_at IS NULL";
     let rows: Vec<(i64, String, i64)> = if let Some(pool) = store.postgres_pool() {
